@@ -1,0 +1,61 @@
+"""The one typed place for configuration: every knob is a `PICTUREBOOK_*` environment variable.
+
+The README's configuration table lists the same fields; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Profile(str, Enum):
+    sdxl = "sdxl"
+    tiny = "tiny"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PICTUREBOOK_", extra="ignore")
+
+    profile: Profile = Field(Profile.sdxl, description="Model profile: `sdxl` (real weights, GPU) or `tiny` (random offline weights).")
+    model_dir: Path | None = Field(
+        None,
+        description="Directory holding the model repositories in their hub layout (see README); "
+        "when unset, `sdxl` resolves pinned revisions through the Hugging Face cache and `tiny` builds into `tiny_dir`.",
+    )
+    tiny_dir: Path = Field(Path.home() / ".cache" / "picturebook" / "tiny", description="Where the `tiny` profile writes its weights.")
+    device: str | None = Field(None, description="torch device; default `cuda` when available, else `cpu`.")
+    dtype: str | None = Field(None, description="`float16`, `bfloat16` or `float32`; default float16 on CUDA, float32 on CPU.")
+
+    face_adapter_scale: float = Field(0.7, ge=0.0, le=2.0, description="IP-Adapter scale of the face adapter (character pictures).")
+    style_adapter_scale: float = Field(0.4, ge=0.0, le=2.0, description="IP-Adapter scale of the style adapter (previous page).")
+    controlnet_scale: float = Field(0.5, ge=0.0, le=2.0, description="Depth ControlNet conditioning scale.")
+    embedding_cache_size: int = Field(256, ge=0, description="Character embeddings kept in the LRU cache (0 disables it).")
+
+    max_batch_size: int = Field(4, ge=1, description="Adaptive batching: most pages in one diffusion call.")
+    max_latency_ms: int = Field(60_000, ge=1, description="Adaptive batching: latency budget a request may wait in the batch queue plus run.")
+    request_timeout_s: int = Field(120, ge=1, description="Seconds a /generate request may take end to end.")
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.resolved_device.startswith("cuda")
+
+    @property
+    def resolved_device(self) -> str:
+        if self.device:
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        if self.dtype:
+            return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[self.dtype]
+        # fp16 on CPU is slow and partly unsupported; the fp16-fix VAE makes fp16 safe on CUDA.
+        return torch.float16 if self.on_cuda else torch.float32

@@ -1,0 +1,99 @@
+"""The one loading path: resolve model folders for a profile, then load them the same way for `sdxl` and `tiny`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Profile, Settings
+from .sources import (
+    ADAPTER_SUBFOLDER,
+    FACE_ADAPTER_WEIGHTS,
+    IMAGE_ENCODER_FOLDER,
+    MODEL_REPOS,
+    PROFILES,
+    STYLE_ADAPTER_WEIGHTS,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    base: Path
+    controlnet: Path
+    vae: Path
+    ip_adapter: Path
+    depth: Path
+
+    @classmethod
+    def under(cls, root: Path) -> "ModelPaths":
+        return cls(**{key: Path(root) / repo.folder for key, repo in MODEL_REPOS.items()})
+
+
+def resolve_model_paths(settings: Settings) -> ModelPaths:
+    """Local folders for every model: `model_dir` if given, the tiny build, or the pinned hub snapshots."""
+    if settings.model_dir is not None:
+        return ModelPaths.under(settings.model_dir)
+    if settings.profile is Profile.tiny:
+        from .tiny import build_tiny_models
+
+        return ModelPaths.under(build_tiny_models(settings.tiny_dir))
+    return download_sdxl()
+
+
+def download_sdxl(cache_dir: Path | None = None) -> ModelPaths:
+    """Pinned snapshots of the real repositories (from the local cache when HF_HUB_OFFLINE=1)."""
+    from huggingface_hub import snapshot_download
+
+    folders = {
+        key: Path(
+            snapshot_download(
+                repo.repo_id, revision=repo.revision, allow_patterns=list(repo.include), cache_dir=cache_dir
+            )
+        )
+        for key, repo in MODEL_REPOS.items()
+    }
+    return ModelPaths(**folders)
+
+
+def load_page_generator(paths: ModelPaths, settings: Settings):
+    import torch
+    from diffusers import AutoencoderKL, ControlNetModel
+
+    from .depth import load_depth_estimator
+    from .generator import PageGenerator
+    from .sdxl_pipeline import PictureBookPipeline
+
+    spec = PROFILES[settings.profile]
+    device, dtype = settings.resolved_device, settings.torch_dtype
+    log.info("loading %s models on %s as %s", settings.profile.value, device, dtype)
+    # use_safetensors=True: diffusers refuses pickled .bin weights instead of falling back to them.
+    controlnet = ControlNetModel.from_pretrained(paths.controlnet, torch_dtype=dtype, use_safetensors=True)
+    vae = AutoencoderKL.from_pretrained(paths.vae, torch_dtype=dtype, use_safetensors=True)
+    pipe = PictureBookPipeline.from_pretrained(
+        paths.base,
+        controlnet=controlnet,
+        vae=vae,
+        torch_dtype=dtype,
+        use_safetensors=True,
+        add_watermarker=False,
+    )
+    # Both adapters in one call so they share one image encoder (ViT-H for the real weights).
+    pipe.load_ip_adapter(
+        str(paths.ip_adapter),
+        subfolder=ADAPTER_SUBFOLDER,
+        weight_name=[FACE_ADAPTER_WEIGHTS, STYLE_ADAPTER_WEIGHTS],
+        image_encoder_folder=IMAGE_ENCODER_FOLDER,
+    )
+    pipe.set_ip_adapter_scale([settings.face_adapter_scale, settings.style_adapter_scale])
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    depth = load_depth_estimator(paths.depth / spec.depth_checkpoint, spec.depth_architecture, device)
+    return PageGenerator(pipe, depth, settings, spec)
+
+
+def load_from_settings(settings: Settings | None = None):
+    settings = settings or Settings()
+    return load_page_generator(resolve_model_paths(settings), settings)

@@ -1,0 +1,113 @@
+"""Where each model comes from: hub identifiers, pinned revisions, the files used, and per-profile defaults.
+
+This is the only place that names a model repository. `PICTUREBOOK_MODEL_DIR` holds one folder per entry of
+`MODEL_REPOS`, each in the layout of its hub repository, for both profiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Profile
+
+
+@dataclass(frozen=True)
+class ModelRepo:
+    folder: str  # name of the folder under PICTUREBOOK_MODEL_DIR (and of the BentoML model)
+    repo_id: str
+    revision: str  # a commit hash, so a rebuild gets the same bytes
+    include: tuple[str, ...]  # only the files the pipeline reads
+
+
+# Revisions are commits of the hub repositories; bump them deliberately.
+MODEL_REPOS: dict[str, ModelRepo] = {
+    "base": ModelRepo(
+        folder="stable-diffusion-xl-base-1.0",
+        repo_id="stabilityai/stable-diffusion-xl-base-1.0",
+        revision="462165984030d82259a11f4367a4eed129e94a7b",
+        include=(
+            "model_index.json",
+            "scheduler/*.json",
+            "text_encoder/config.json",
+            "text_encoder/model.safetensors",
+            "text_encoder_2/config.json",
+            "text_encoder_2/model.safetensors",
+            "tokenizer/*",
+            "tokenizer_2/*",
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.safetensors",
+        ),
+    ),
+    "controlnet": ModelRepo(
+        folder="controlnet-depth-sdxl-1.0",
+        repo_id="diffusers/controlnet-depth-sdxl-1.0",
+        revision="17bb97973f29801224cd66f192c5ffacf82648b4",
+        include=("config.json", "diffusion_pytorch_model.safetensors"),
+    ),
+    "vae": ModelRepo(
+        folder="sdxl-vae-fp16-fix",
+        repo_id="madebyollin/sdxl-vae-fp16-fix",
+        revision="207b116dae70ace3637169f1ddd2434b91b3a8cd",
+        include=("config.json", "diffusion_pytorch_model.safetensors"),
+    ),
+    "ip_adapter": ModelRepo(
+        folder="IP-Adapter",
+        repo_id="h94/IP-Adapter",
+        revision="018e402774aeeddd60609b4ecdb7e298259dc729",
+        include=(
+            "sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors",
+            "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+            "models/image_encoder/config.json",
+            "models/image_encoder/model.safetensors",
+        ),
+    ),
+    "depth": ModelRepo(
+        folder="Annotators",
+        repo_id="lllyasviel/Annotators",
+        revision="982e7edaec38759d914a963c48c4726685de7d96",
+        include=("dpt_hybrid-midas-501f0c75.pt",),
+    ),
+}
+
+FACE_ADAPTER_WEIGHTS = "ip-adapter-plus-face_sdxl_vit-h.safetensors"
+STYLE_ADAPTER_WEIGHTS = "ip-adapter-plus_sdxl_vit-h.safetensors"
+ADAPTER_SUBFOLDER = "sdxl_models"
+IMAGE_ENCODER_FOLDER = "models/image_encoder"
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """What differs between profiles besides the weights themselves."""
+
+    depth_architecture: str  # a key of pipeline.depth.ARCHITECTURES
+    depth_checkpoint: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    depth_resolution: int  # controlnet-aux `detect_resolution`
+    max_side: int  # largest width/height a request may ask for
+
+
+PROFILES: dict[Profile, ProfileSpec] = {
+    Profile.sdxl: ProfileSpec(
+        depth_architecture="dpt_hybrid",
+        depth_checkpoint="dpt_hybrid-midas-501f0c75.pt",
+        width=1024,
+        height=1024,
+        steps=30,
+        guidance_scale=5.0,
+        depth_resolution=512,
+        max_side=1536,
+    ),
+    Profile.tiny: ProfileSpec(
+        depth_architecture="dpt_tiny",
+        depth_checkpoint="dpt_tiny-midas.pt",
+        width=256,
+        height=256,
+        steps=4,
+        guidance_scale=5.0,
+        depth_resolution=256,
+        max_side=768,
+    ),
+}

@@ -1,0 +1,248 @@
+"""The offline `tiny` profile: SDXL's architectures with small random weights, written in the hub layout.
+
+Everything is seeded, so two builds give the same bytes, and the result is read back by the same code that loads
+the real models (pipeline.loading). The components keep SDXL's geometry: two text encoders whose hidden states are
+concatenated, a text-time UNet, a four-block VAE (8x down-sampling), a ControlNet whose conditioning embedding
+down-samples 8x to match, a CLIP vision encoder, and IP-Adapter *plus* resampler checkpoints in the original format.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .config import Profile
+from .depth import TinyDPTDepthModel
+from .sources import (
+    ADAPTER_SUBFOLDER,
+    FACE_ADAPTER_WEIGHTS,
+    IMAGE_ENCODER_FOLDER,
+    MODEL_REPOS,
+    PROFILES,
+    STYLE_ADAPTER_WEIGHTS,
+)
+
+TEXT_WIDTH = 32  # each text encoder; the UNet cross-attends to both concatenated
+CROSS_ATTENTION_DIM = 2 * TEXT_WIDTH
+TIME_EMBED_DIM = 8
+VISION_WIDTH = 32
+RESAMPLER_WIDTH = 64  # diffusers derives heads as width // 64
+RESAMPLER_QUERIES = 16
+RESAMPLER_DEPTH = 4
+COMPLETE_MARKER = ".complete"
+
+
+def build_tiny_models(root: Path, seed: int = 0) -> Path:
+    """Write every tiny model folder under `root` (idempotent: skipped when already complete)."""
+    root = Path(root)
+    if (root / COMPLETE_MARKER).exists():
+        return root
+    staging = root.with_name(root.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    torch.manual_seed(seed)
+    unet = _write_base(staging / MODEL_REPOS["base"].folder)
+    _write_controlnet(staging / MODEL_REPOS["controlnet"].folder, unet)
+    _write_vae(staging / MODEL_REPOS["vae"].folder)
+    _write_ip_adapters(staging / MODEL_REPOS["ip_adapter"].folder, unet)
+    _write_depth(staging / MODEL_REPOS["depth"].folder)
+    (staging / COMPLETE_MARKER).write_text(json.dumps({"profile": "tiny", "seed": seed}))
+    # Rename last so a crash mid-build never leaves a folder that looks complete.
+    if root.exists():
+        shutil.rmtree(root)
+    staging.rename(root)
+    return root
+
+
+def _write_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    # A byte-level vocabulary with no merges: every prompt tokenizes offline, one token per character.
+    symbols = list(bytes_to_unicode().values())
+    vocab_tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    tokenizer = CLIPTokenizer(
+        vocab={tok: i for i, tok in enumerate(vocab_tokens)}, merges=[], model_max_length=77
+    )
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def _write_base(folder: Path):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = _write_tokenizer(folder / "tokenizer")
+    text_config = CLIPTextConfig(
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        projection_dim=TEXT_WIDTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_act="gelu",
+    )
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 1),
+        use_linear_projection=True,
+        cross_attention_dim=CROSS_ATTENTION_DIM,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + TEXT_WIDTH,
+    )
+    # SDXL base's own scheduler settings.
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        timestep_spacing="leading",
+        steps_offset=1,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=_tiny_vae(),
+        text_encoder=CLIPTextModel(text_config),
+        text_encoder_2=CLIPTextModelWithProjection(text_config),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        add_watermarker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    # The VAE comes from its own repository (the fp16-fix one), as with the real base's include patterns.
+    shutil.rmtree(folder / "vae")
+    return unet
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=256,
+        scaling_factor=0.13025,
+        force_upcast=False,
+    )
+
+
+def _write_vae(folder: Path):
+    _tiny_vae().save_pretrained(folder, safe_serialization=True)
+
+
+def _write_controlnet(folder: Path, unet):
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 96, 256))
+    # ControlNet starts with zero convolutions (a no-op until trained); give them weights so depth conditioning acts.
+    with torch.no_grad():
+        for parameter in controlnet.parameters():
+            if not parameter.any():
+                parameter.normal_(std=0.05)
+    controlnet.save_pretrained(folder, safe_serialization=True)
+
+
+def _write_ip_adapters(folder: Path, unet):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=VISION_WIDTH,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            image_size=224,
+            patch_size=32,
+            projection_dim=VISION_WIDTH,
+        )
+    )
+    encoder.save_pretrained(folder / IMAGE_ENCODER_FOLDER, safe_serialization=True)
+    for weights in (FACE_ADAPTER_WEIGHTS, STYLE_ADAPTER_WEIGHTS):
+        path = folder / ADAPTER_SUBFOLDER / weights
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(_plus_adapter_state_dict(unet), str(path))
+
+
+def _plus_adapter_state_dict(unet) -> dict[str, torch.Tensor]:
+    """An IP-Adapter *plus* checkpoint in the original (h94) key format: a perceiver resampler + K/V projections."""
+
+    def rand(*shape):
+        return torch.randn(*shape) * 0.05
+
+    width, inner = RESAMPLER_WIDTH, RESAMPLER_WIDTH
+    state = {
+        "image_proj.latents": torch.randn(1, RESAMPLER_QUERIES, width) / width**0.5,
+        "image_proj.proj_in.weight": rand(width, VISION_WIDTH),
+        "image_proj.proj_in.bias": torch.zeros(width),
+        "image_proj.proj_out.weight": rand(CROSS_ATTENTION_DIM, width),
+        "image_proj.proj_out.bias": torch.zeros(CROSS_ATTENTION_DIM),
+        "image_proj.norm_out.weight": torch.ones(CROSS_ATTENTION_DIM),
+        "image_proj.norm_out.bias": torch.zeros(CROSS_ATTENTION_DIM),
+    }
+    for i in range(RESAMPLER_DEPTH):
+        layer = f"image_proj.layers.{i}"
+        for norm in ("norm1", "norm2"):
+            state[f"{layer}.0.{norm}.weight"] = torch.ones(width)
+            state[f"{layer}.0.{norm}.bias"] = torch.zeros(width)
+        state[f"{layer}.0.to_q.weight"] = rand(inner, width)
+        state[f"{layer}.0.to_kv.weight"] = rand(2 * inner, width)
+        state[f"{layer}.0.to_out.weight"] = rand(width, inner)
+        state[f"{layer}.1.0.weight"] = torch.ones(width)
+        state[f"{layer}.1.0.bias"] = torch.zeros(width)
+        state[f"{layer}.1.1.weight"] = rand(4 * width, width)
+        state[f"{layer}.1.3.weight"] = rand(width, 4 * width)
+
+    # K/V projections for every cross-attention layer, numbered as the original repo numbers them: over all
+    # attention processors in order, so cross-attention layers get the odd numbers 1, 3, 5, ...
+    block_widths = unet.config.block_out_channels
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = block_widths[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(block_widths))[int(name.split(".")[1])]
+        else:
+            hidden = block_widths[int(name.split(".")[1])]
+        state[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(hidden, CROSS_ATTENTION_DIM) * 0.2
+        state[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(hidden, CROSS_ATTENTION_DIM) * 0.2
+        key_id += 2
+    return state
+
+
+def _write_depth(folder: Path):
+    network = TinyDPTDepthModel()
+    with torch.no_grad():
+        # A positive output bias keeps the final ReLU (non-negative depth) from zeroing a random network's output.
+        network.scratch.output_conv[4].bias.fill_(1.0)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), folder / PROFILES[Profile.tiny].depth_checkpoint)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(build_tiny_models(Path(sys.argv[1])))

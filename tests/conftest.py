@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import ModelPaths, Profile, Settings, load_page_generator
+from pipeline.tiny import build_tiny_models
+
+
+def picture(seed: int, size=(256, 256)) -> Image.Image:
+    """A deterministic test picture: smooth colour blobs, so depth and encoders see structure, not pure noise."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize(size, Image.BICUBIC)
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    mse = float(((x - y) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_models(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_settings(tiny_dir):
+    return Settings(profile=Profile.tiny, model_dir=tiny_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def generator(tiny_dir, tiny_settings):
+    return load_page_generator(ModelPaths.under(tiny_dir), tiny_settings)
