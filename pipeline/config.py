@@ -38,6 +38,18 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(4, ge=1, description="Adaptive batching: most pages in one diffusion call.")
     max_latency_ms: int = Field(60_000, ge=1, description="Adaptive batching: latency budget a request may wait in the batch queue plus run.")
     request_timeout_s: int = Field(120, ge=1, description="Seconds a /generate request may take end to end.")
+    max_concurrency: int = Field(16, ge=1, description="Requests the front service admits at once; more get 429/503.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of `bentoml serve` (the seed's backend used 8000).")
+
+    max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest decoded size of one request image.")
+    max_image_pixels: int = Field(16_000_000, ge=4096, description="Most pixels in one request image, checked before decoding.")
+    max_prompt_chars: int = Field(2000, ge=1, description="Longest prompt or negative prompt accepted.")
+
+    bento_model: str | None = Field(
+        None,
+        description="Tag of a BentoML model holding all model folders (made by `python -m bento_models import`); "
+        "the offline alternative to hub downloads for `sdxl`.",
+    )
 
     @property
     def on_cuda(self) -> bool:

@@ -1,0 +1,81 @@
+"""Start the real `bentoml serve` on loopback for a test, wait for /readyz, and stop it (bounded in time)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+READY_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@contextmanager
+def bentoml_serve(log_path: Path, bentoml_home: Path, port: int | None, **env: str):
+    """Yield (base_url, seconds from start to ready). `port=None` serves on the service's default port."""
+    environment = {
+        **os.environ,
+        "PICTUREBOOK_PROFILE": "tiny",
+        "BENTOML_HOME": str(bentoml_home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "HF_HUB_OFFLINE": "1",
+        **env,
+    }
+    command = [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1"]
+    if port is not None:
+        command += ["--port", str(port)]
+    base_url = f"http://127.0.0.1:{port or int(environment.get('PICTUREBOOK_PORT', 8000))}"
+    log = open(log_path, "wb")
+    started = time.monotonic()
+    process = subprocess.Popen(
+        command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {process.returncode}; see {log_path}")
+            if time.monotonic() - started > READY_TIMEOUT_S:
+                raise TimeoutError(f"not ready in {READY_TIMEOUT_S} s; see {log_path}")
+            try:
+                if requests.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        yield base_url, time.monotonic() - started
+    finally:
+        stop(process)
+        log.close()
+
+
+def stop(process: subprocess.Popen, grace_s: float = 30) -> int:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return process.returncode

@@ -1,0 +1,236 @@
+"""The BentoML service over HTTP: a real `bentoml serve` on loopback, the tiny profile, real clients."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import bentoml
+import pytest
+import requests
+import yaml
+from PIL import Image
+
+from conftest import picture, psnr
+from server import REPO, bentoml_serve, free_port, port_is_free
+
+# The Python client from the seed README (../shared/seed/000_333b071f23a24d57.txt), verbatim.
+SEED_CLIENT = textwrap.dedent(
+    '''
+    import requests
+    import base64
+
+    # 加载图像文件并转换为base64
+    def image_to_base64(image_path):
+        with open(image_path, "rb") as img_file:
+            return base64.b64encode(img_file.read()).decode('utf-8')
+
+    # 准备请求数据
+    payload = {
+        "prev_frame": image_to_base64("previous_scene.png"),
+        "characters": [
+            image_to_base64("character1.png"),
+            image_to_base64("character2.png")
+        ],
+        "prompt": "两个角色在花园中交谈，左边是角色1，右边是角色2",
+        "seed": 42
+    }
+
+    # 发送请求
+    response = requests.post("http://localhost:8000/generate", json=payload)
+    result = response.json()
+
+    # 保存生成的图像
+    if "img" in result:
+        img_data = base64.b64decode(result["img"])
+        with open("generated_scene.png", "wb") as f:
+            f.write(img_data)
+    '''
+)
+
+
+def b64png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def payload(seed=7, prev=1, characters=(2, 3), prompt="a fox and a bear have a picnic"):
+    return {
+        "prev_frame": b64png(picture(prev)) if prev is not None else None,
+        "characters": [b64png(picture(c, (96, 96))) for c in characters],
+        "prompt": prompt,
+        "seed": seed,
+    }
+
+
+def decode_page(b64: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(b64)), formats=["PNG"])
+    image.load()
+    return image
+
+
+@pytest.fixture(scope="session")
+def bentoml_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("bentoml_home")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, bentoml_home):
+    log = tmp_path_factory.mktemp("logs") / "serve.log"
+    with bentoml_serve(log, bentoml_home, free_port(), PICTUREBOOK_MAX_BATCH_SIZE="4") as (url, ready_s):
+        print(f"ready after {ready_s:.1f} s")
+        yield url
+
+
+def post(url, body, **kw):
+    return requests.post(f"{url}/generate", json=body, timeout=120, **kw)
+
+
+def test_seed_client_runs_verbatim_on_the_default_port(tmp_path, bentoml_home):
+    assert port_is_free(8000), "the seed's client talks to localhost:8000, which something else holds"
+    picture(1).save(tmp_path / "previous_scene.png")
+    picture(2, (128, 128)).save(tmp_path / "character1.png")
+    picture(3, (128, 128)).convert("P").save(tmp_path / "character2.png")  # a palette PNG, as drawings often are
+    with bentoml_serve(tmp_path / "serve.log", bentoml_home, port=None):  # no --port: the service's default
+        subprocess.run([sys.executable, "-c", SEED_CLIENT], cwd=tmp_path, check=True, timeout=120)
+    page = Image.open(tmp_path / "generated_scene.png", formats=["PNG"])
+    assert page.size == (256, 256)
+
+
+def test_contract_with_bentoml_client(served):
+    with bentoml.SyncHTTPClient(served) as client:
+        result = client.generate(**payload())
+    assert set(result) >= {"img", "seed"}
+    assert result["seed"] == 7
+    assert decode_page(result["img"]).size == (256, 256)
+
+
+def test_first_page_and_no_characters(served):
+    first = post(served, {"prompt": "once upon a time", "characters": [], "seed": 1})
+    assert first.status_code == 200, first.text
+    no_prev_field = post(served, {"prompt": "once upon a time", "seed": 1})
+    assert no_prev_field.json()["img"] == first.json()["img"]
+    alone = post(served, payload(characters=()))
+    assert alone.status_code == 200, alone.text
+
+
+def test_same_seed_same_page_and_other_seed_other_page(served):
+    a = post(served, payload(seed=11)).json()["img"]
+    b = post(served, payload(seed=11)).json()["img"]
+    c = post(served, payload(seed=12)).json()["img"]
+    assert a == b
+    assert a != c
+
+
+def test_seed_is_drawn_and_reported_when_absent(served):
+    body = payload()
+    del body["seed"]
+    first = post(served, body).json()
+    again = post(served, dict(body, seed=first["seed"])).json()
+    assert 0 <= first["seed"] < 2**32
+    assert again["img"] == first["img"]
+
+
+def batch_histogram(url) -> tuple[float, float]:
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("bentoml_service_adaptive_batch_size_sum{") and 'method_name="draw"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+        if line.startswith("bentoml_service_adaptive_batch_size_count{") and 'method_name="draw"' in line:
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+def test_concurrent_requests_are_merged_into_batches(served):
+    before_sum, before_count = batch_histogram(served)
+    bodies = [payload(seed=100 + i, prev=i, characters=(i + 20,), prompt=f"page {i}") for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda body: post(served, body), bodies))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    after_sum, after_count = batch_histogram(served)
+    pages, batches = after_sum - before_sum, after_count - before_count
+    assert pages == 8
+    assert batches < 8, "the adaptive batcher ran every request alone"
+    assert max(r.json()["batch_size"] for r in responses) > 1
+    # A batched page is the page its request gets alone.
+    alone = decode_page(post(served, bodies[3]).json()["img"])
+    together = decode_page(responses[3].json()["img"])
+    assert psnr(alone, together) >= 40
+
+
+def test_health_readiness_and_metrics(served):
+    assert requests.get(f"{served}/livez", timeout=5).status_code == 200
+    assert requests.get(f"{served}/readyz", timeout=5).status_code == 200
+    metrics = requests.get(f"{served}/metrics", timeout=5)
+    assert metrics.status_code == 200
+    assert "bentoml_service_request_total" in metrics.text
+
+
+def test_openapi_documents_the_contract(served):
+    spec = requests.get(f"{served}/docs.json", timeout=5).json()
+    body = spec["paths"]["/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["properties"]) >= {"prev_frame", "characters", "prompt", "seed"}
+    assert body["required"] == ["prompt"]
+    assert all(body["properties"][name].get("description") for name in ("prev_frame", "characters", "prompt", "seed"))
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"prev_frame": "this is not base64!"}, "prev_frame"),
+        ({"characters": ["aGVsbG8gd29ybGQ="]}, "characters"),  # valid base64, not an image
+        ({"seed": -1}, "seed"),
+        ({"seed": "forty-two"}, "seed"),
+        ({"prompt": ""}, "prompt"),
+    ],
+)
+def test_bad_request_is_a_4xx_naming_the_field_and_the_next_request_succeeds(served, change, field):
+    bad = post(served, dict(payload(), **change))
+    assert 400 <= bad.status_code < 500
+    error = bad.json()
+    assert any(detail["loc"][0] == field for detail in error["detail"]), error
+    good = post(served, payload(seed=5))
+    assert good.status_code == 200
+
+
+def bentoml_cli(bentoml_home, *args, timeout=300):
+    env = {**os.environ, "PICTUREBOOK_PROFILE": "tiny", "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"}
+    run = subprocess.run(
+        [sys.executable, "-m", "bentoml", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    return run.stdout
+
+
+@pytest.fixture(scope="session")
+def built_bento(bentoml_home):
+    """`PICTUREBOOK_PROFILE=tiny bentoml build`, offline: (tag, bento folder)."""
+    tag = re.search(r"picturebook:\w+", bentoml_cli(bentoml_home, "build", "--output", "tag")).group(0)
+    return tag, bentoml_home / "bentos" / "picturebook" / tag.split(":")[1]
+
+
+def test_bentoml_build_packs_the_tiny_models(tmp_path, bentoml_home, built_bento):
+    tag, bento_dir = built_bento
+    manifest = yaml.safe_load((bento_dir / "bento.yaml").read_text())
+    model_service = next(s for s in manifest["services"] if s["name"] == "picturebook-model")
+    assert [m["tag"].split(":")[0] for m in model_service["models"]] == ["picturebook-tiny"]
+    envs = {env["name"]: env for env in manifest["envs"]}
+    assert envs["PICTUREBOOK_PROFILE"]["value"] == "tiny"
+    assert envs["HF_HUB_OFFLINE"]["value"] == "1" and envs["HF_HUB_OFFLINE"]["stage"] == "runtime"
+    assert not list((bento_dir / "src").rglob("test_*.py")), "tests were packed into the bento"
+    # The exported bento (what is shipped and what containerize builds from) carries the weights themselves.
+    archive = tmp_path / "picturebook.bento"
+    bentoml_cli(bentoml_home, "export", tag, str(archive))
+    with tarfile.open(archive) as bento:
+        names = bento.getnames()
+    assert sum(name.endswith(".safetensors") for name in names) >= 6, names
+    assert any(name.endswith("sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors") for name in names)
