@@ -1,9 +1,15 @@
+import os
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from pipeline import ModelPaths, Profile, Settings, load_page_generator
 from pipeline.tiny import build_tiny_models
+from server import REPO
 
 
 def picture(seed: int, size=(256, 256)) -> Image.Image:
@@ -33,3 +39,27 @@ def tiny_settings(tiny_dir):
 @pytest.fixture(scope="session")
 def generator(tiny_dir, tiny_settings):
     return load_page_generator(ModelPaths.under(tiny_dir), tiny_settings)
+
+
+@pytest.fixture(scope="session")
+def bentoml_home(tmp_path_factory):
+    """A private BentoML home (model store, bentos) for the whole test session."""
+    return tmp_path_factory.mktemp("bentoml_home")
+
+
+def bentoml_cli(bentoml_home, *args, timeout=300):
+    env = {**os.environ, "PICTUREBOOK_PROFILE": "tiny", "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"}
+    run = subprocess.run(
+        [sys.executable, "-m", "bentoml", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    return run.stdout
+
+
+@pytest.fixture(scope="session")
+def built_bento(bentoml_home):
+    """`PICTUREBOOK_PROFILE=tiny bentoml build`, offline: (tag, bento folder)."""
+    tag = re.search(r"picturebook:\w+", bentoml_cli(bentoml_home, "build", "--output", "tag")).group(0)
+    return tag, bentoml_home / "bentos" / "picturebook" / tag.split(":")[1]
+
+

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import re
 import subprocess
 import sys
 import tarfile
@@ -18,8 +16,8 @@ import requests
 import yaml
 from PIL import Image
 
-from conftest import picture, psnr
-from server import REPO, bentoml_serve, free_port, port_is_free
+from conftest import bentoml_cli, picture, psnr
+from server import bentoml_serve, free_port, port_is_free
 
 # The Python client from the seed README (../shared/seed/000_333b071f23a24d57.txt), verbatim.
 SEED_CLIENT = textwrap.dedent(
@@ -75,11 +73,6 @@ def decode_page(b64: str) -> Image.Image:
     image = Image.open(io.BytesIO(base64.b64decode(b64)), formats=["PNG"])
     image.load()
     return image
-
-
-@pytest.fixture(scope="session")
-def bentoml_home(tmp_path_factory):
-    return tmp_path_factory.mktemp("bentoml_home")
 
 
 @pytest.fixture(scope="module")
@@ -200,22 +193,6 @@ def test_bad_request_is_a_4xx_naming_the_field_and_the_next_request_succeeds(ser
     assert any(detail["loc"][0] == field for detail in error["detail"]), error
     good = post(served, payload(seed=5))
     assert good.status_code == 200
-
-
-def bentoml_cli(bentoml_home, *args, timeout=300):
-    env = {**os.environ, "PICTUREBOOK_PROFILE": "tiny", "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"}
-    run = subprocess.run(
-        [sys.executable, "-m", "bentoml", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    return run.stdout
-
-
-@pytest.fixture(scope="session")
-def built_bento(bentoml_home):
-    """`PICTUREBOOK_PROFILE=tiny bentoml build`, offline: (tag, bento folder)."""
-    tag = re.search(r"picturebook:\w+", bentoml_cli(bentoml_home, "build", "--output", "tag")).group(0)
-    return tag, bentoml_home / "bentos" / "picturebook" / tag.split(":")[1]
 
 
 def test_bentoml_build_packs_the_tiny_models(tmp_path, bentoml_home, built_bento):
