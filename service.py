@@ -14,12 +14,19 @@ from typing import Any
 import bentoml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from starlette.responses import JSONResponse
+
 from bento_models import declared_models, model_paths
+from http_guards import AdmissionLimit, ApiKeyAuth, JsonBodyOnly
 from pipeline import MAX_CHARACTERS, MAX_SEED, PageRequest, Settings, load_page_generator
 from pipeline.images import ImageInputError, decode_image, decode_trusted_png, encode_png
+from pipeline.sources import PROFILES
 
 log = logging.getLogger("picturebook")
 settings = Settings()
+MAX_SIDE = PROFILES[settings.profile].max_side
+# How a page that could not be drawn is answered (the other pages of its batch are not affected).
+ERROR_STATUS = {"out_of_memory": 507, "timeout": 504, "invalid": 422, "internal": 500}
 
 EXAMPLE_PNG = (  # a 1x1 white PNG, so /docs "Try it out" works as shown
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4//8/AAX+Av4N70a4AAAAAElFTkSuQmCC"
@@ -29,7 +36,8 @@ EXAMPLE_PNG = (  # a 1x1 white PNG, so /docs "Try it out" works as shown
 class GenerateRequest(BaseModel):
     """The seed's request, plus optional generation settings."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields are ignored, not refused: clients written against a later or earlier contract keep working.
+    model_config = ConfigDict(extra="ignore")
 
     prev_frame: str | None = Field(
         None,
@@ -54,8 +62,12 @@ class GenerateRequest(BaseModel):
         None, ge=0, le=MAX_SEED, description="For a reproducible page; drawn at random when absent.", examples=[42]
     )
     negative_prompt: str = Field("", max_length=settings.max_prompt_chars, description="What the page should avoid.")
-    width: int | None = Field(None, ge=64, multiple_of=8, description="Page width in pixels; profile default when absent.")
-    height: int | None = Field(None, ge=64, multiple_of=8, description="Page height in pixels; profile default when absent.")
+    width: int | None = Field(
+        None, ge=64, le=MAX_SIDE, multiple_of=8, description="Page width in pixels; profile default when absent."
+    )
+    height: int | None = Field(
+        None, ge=64, le=MAX_SIDE, multiple_of=8, description="Page height in pixels; profile default when absent."
+    )
     steps: int | None = Field(None, ge=1, le=100, description="Denoising steps; profile default when absent.")
     guidance_scale: float | None = Field(None, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
 
@@ -79,6 +91,7 @@ class PageJob(BaseModel):
     height: int | None = None
     steps: int | None = None
     guidance_scale: float | None = None
+    deadline: float | None = None  # wall-clock time after which the front no longer waits
 
 
 class PageOutput(BaseModel):
@@ -86,13 +99,15 @@ class PageOutput(BaseModel):
     seed: int | None = None
     batch_size: int = 0
     timings_ms: dict[str, float] = Field(default_factory=dict)
-    error: str | None = None  # this page failed; its batch-mates did not
+    error_kind: str | None = None  # this page failed (its batch-mates did not): a pipeline.PageError kind
+    error: str | None = None
 
 
 @bentoml.service(
     name="picturebook-model",
     resources={"gpu": 1, "memory": "16Gi"},
-    traffic={"timeout": settings.request_timeout_s},
+    # Longer than the front's timeout: a batch stops itself at its requests' deadlines, between denoising steps.
+    traffic={"timeout": settings.request_timeout_s + 30},
     workers=1,
 )
 class PageModel:
@@ -119,13 +134,15 @@ class PageModel:
                 height=job.height,
                 steps=job.steps,
                 guidance_scale=job.guidance_scale,
+                deadline=job.deadline,
             )
             for job in jobs
         ]
-        results = self.generator.generate(requests)
         return [
             PageOutput(img=encode_png(r.image), seed=r.seed, batch_size=r.batch_size, timings_ms=r.timings_ms)
-            for r in results
+            if r.ok
+            else PageOutput(seed=r.seed, error_kind=r.error.kind, error=r.error.message)
+            for r in self.generator.generate(requests)
         ]
 
 
@@ -159,14 +176,22 @@ def field_error(error: ImageInputError) -> ValidationError:
 
 @bentoml.service(
     name="picturebook",
-    http={"port": settings.port},
+    http={
+        "port": settings.port,
+        "cors": {
+            "enabled": bool(settings.cors_origins),
+            "access_control_allow_origins": settings.cors_origins,
+            "access_control_allow_methods": ["GET", "POST"],
+            "access_control_allow_headers": ["Authorization", "Content-Type"],
+        },
+    },
     # Baked into the bento's image: the profile it was built with, and no hub access (weights are inside).
     # HF_HUB_OFFLINE only at run time: `bentoml containerize` downloads the pinned sdxl models while building.
     envs=[
         {"name": "PICTUREBOOK_PROFILE", "value": settings.profile.value},
         {"name": "HF_HUB_OFFLINE", "value": "1", "stage": "runtime"},
     ],
-    traffic={"timeout": settings.request_timeout_s, "max_concurrency": settings.max_concurrency},
+    traffic={"timeout": settings.request_timeout_s},  # concurrency is bounded by AdmissionLimit (adds Retry-After)
     workers=1,
 )
 class PictureBook:
@@ -198,15 +223,21 @@ class PictureBook:
     @bentoml.api(route="/generate", input_spec=GenerateRequest, output_spec=GenerateResponse)
     async def generate(self, **fields: Any) -> GenerateResponse:
         request = GenerateRequest(**fields)
-        job = await asyncio.to_thread(self._job, request)
-        [output] = await self.pages.draw([job])
+        deadline = time.time() + settings.request_timeout_s
+        job = await asyncio.to_thread(self._job, request, deadline)
+        try:
+            [output] = await self.pages.draw([job])
+        except bentoml.exceptions.BentoMLException as error:
+            if error.error_code.value in (429, 503):  # the batcher's queue is full: an overload, not a failure
+                return overloaded(str(error))
+            raise
         output = PageOutput.model_validate(output) if isinstance(output, dict) else output
-        if output.error:
-            raise bentoml.exceptions.ServiceUnavailable(output.error)
+        if output.error_kind:
+            return JSONResponse({"error": output.error, "kind": output.error_kind}, ERROR_STATUS[output.error_kind])
         return GenerateResponse(img=output.img, seed=output.seed, batch_size=output.batch_size, timings_ms=output.timings_ms)
 
     @staticmethod
-    def _job(request: GenerateRequest) -> PageJob:
+    def _job(request: GenerateRequest, deadline: float) -> PageJob:
         limits = {"max_bytes": settings.max_image_bytes, "max_pixels": settings.max_image_pixels}
         try:
             prev = decode_image(request.prev_frame, "prev_frame", **limits) if request.prev_frame else None
@@ -218,4 +249,18 @@ class PictureBook:
             **request.model_dump(exclude={"prev_frame", "characters"}),
             prev_frame=encode_png(prev, compress_level=1) if prev else None,
             characters=[encode_png(c, compress_level=1) for c in characters],
+            deadline=deadline,
         )
+
+
+def overloaded(reason: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": f"overloaded, retry later ({reason})"}, 503, headers={"Retry-After": str(settings.retry_after_s)}
+    )
+
+
+# Outermost first: refuse unauthenticated callers, then excess load, then bodies that are not small JSON.
+if settings.api_key is not None:
+    PictureBook.add_asgi_middleware(ApiKeyAuth, api_key=settings.api_key.get_secret_value())
+PictureBook.add_asgi_middleware(AdmissionLimit, limit=settings.max_concurrency, retry_after_s=settings.retry_after_s)
+PictureBook.add_asgi_middleware(JsonBodyOnly, max_bytes=settings.max_body_bytes)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,6 +44,25 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest decoded size of one request image.")
     max_image_pixels: int = Field(16_000_000, ge=4096, description="Most pixels in one request image, checked before decoding.")
     max_prompt_chars: int = Field(2000, ge=1, description="Longest prompt or negative prompt accepted.")
+
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest /generate body; larger ones get 413 before they are read whole."
+    )
+    retry_after_s: int = Field(5, ge=1, description="`Retry-After` seconds sent with 429/503 when overloaded.")
+    api_key: SecretStr | None = Field(
+        None, description="When set, /generate requires `Authorization: Bearer <key>`; health and metrics stay open."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS (JSON list, e.g. '[\"https://a.example\"]'); empty = CORS off."
+    )
+
+    # Test-only fault injection (off by default): exercise the out-of-memory path on a CPU.
+    fault_oom_batch_over: int | None = Field(
+        None, ge=1, description="TEST ONLY: a diffusion call with more pages than this raises out-of-memory."
+    )
+    fault_oom_prompt_marker: str | None = Field(
+        None, description="TEST ONLY: a diffusion call including a prompt that contains this raises out-of-memory."
+    )
 
     bento_model: str | None = Field(
         None,

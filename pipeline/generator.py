@@ -6,7 +6,6 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import torch
 from PIL import Image
@@ -33,6 +32,7 @@ class PageRequest:
     height: int | None = None
     steps: int | None = None
     guidance_scale: float | None = None
+    deadline: float | None = None  # wall-clock time (time.time()) after which nobody waits for this page
 
     def group_key(self) -> tuple:
         """Requests with the same key run in one diffusion call (the pipeline takes these per call, not per item)."""
@@ -41,14 +41,25 @@ class PageRequest:
 
 @dataclass
 class PageResult:
-    image: Image.Image
+    image: Image.Image | None
     seed: int
     batch_size: int  # pages in the diffusion call that drew this one
     timings_ms: dict[str, float] = field(default_factory=dict)
+    error: PageError | None = None  # set (and image None) when this page could not be drawn
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class PageError:
+    kind: str  # "out_of_memory" | "timeout" | "internal"
+    message: str
 
 
 class GenerationInterrupted(RuntimeError):
-    """The caller's `should_stop` said to stop between denoising steps (e.g. the request timed out)."""
+    """Every request of a diffusion call passed its deadline; stopped between denoising steps."""
 
 
 class PageGenerator:
@@ -76,24 +87,57 @@ class PageGenerator:
         check_request(resolved, self.spec)
         return resolved
 
-    def generate(
-        self, requests: list[PageRequest], should_stop: Callable[[], bool] | None = None
-    ) -> list[PageResult]:
-        """One result per request, in order. A page depends only on its own request, never on its batch-mates."""
-        resolved = [self.with_defaults(request) for request in requests]
+    def generate(self, requests: list[PageRequest]) -> list[PageResult]:
+        """One result per request, in order. A page depends only on its own request, never on its batch-mates.
+
+        A failure stays with the requests it concerns: a group that runs out of accelerator memory is split and
+        retried, down to single pages; requests past their deadline get a timeout; other groups go on.
+        """
+        results: list[PageResult | None] = [None] * len(requests)
+        resolved: dict[int, PageRequest] = {}
+        for index, request in enumerate(requests):
+            try:
+                resolved[index] = self.with_defaults(request)
+            except ValueError as error:
+                results[index] = PageResult(None, request.seed or 0, 0, error=PageError("invalid", str(error)))
         groups: dict[tuple, list[int]] = {}
-        for index, request in enumerate(resolved):
+        for index, request in resolved.items():
             groups.setdefault(request.group_key(), []).append(index)
-        results: list[PageResult | None] = [None] * len(resolved)
         for indices in groups.values():
-            for index, result in zip(indices, self.generate_group([resolved[i] for i in indices], should_stop)):
+            for index, result in zip(indices, self._generate_isolated([resolved[i] for i in indices])):
                 results[index] = result
         return results  # type: ignore[return-value]
 
+    def _generate_isolated(self, requests: list[PageRequest]) -> list[PageResult]:
+        try:
+            return self.generate_group(requests)
+        except torch.OutOfMemoryError:
+            self._release_accelerator_memory()
+            if len(requests) == 1:
+                log.warning("out of memory on a single %sx%s page", requests[0].width, requests[0].height)
+                return _failed(requests, "out_of_memory", "the page does not fit in accelerator memory")
+            half = len(requests) // 2
+            log.warning("out of memory on a batch of %d pages; retrying as %d + %d", len(requests), half, len(requests) - half)
+            return self._generate_isolated(requests[:half]) + self._generate_isolated(requests[half:])
+        except GenerationInterrupted as stop:
+            log.warning("%d page(s) %s", len(requests), stop)
+            return _failed(requests, "timeout", str(stop))
+        except Exception:
+            log.exception("drawing %d page(s) failed", len(requests))
+            return _failed(requests, "internal", "the page could not be drawn")
+
+    def _release_accelerator_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _inject_faults(self, requests: list[PageRequest]) -> None:
+        """Test-only failures from configuration (PICTUREBOOK_FAULT_*); nothing happens when they are unset."""
+        limit, marker = self.settings.fault_oom_batch_over, self.settings.fault_oom_prompt_marker
+        if (limit is not None and len(requests) > limit) or (marker and any(marker in r.prompt for r in requests)):
+            raise torch.OutOfMemoryError(f"injected out-of-memory for a call of {len(requests)} page(s)")
+
     @torch.inference_mode()
-    def generate_group(
-        self, requests: list[PageRequest], should_stop: Callable[[], bool] | None = None
-    ) -> list[PageResult]:
+    def generate_group(self, requests: list[PageRequest]) -> list[PageResult]:
         """One diffusion call for requests that share a group key (all fields resolved)."""
         first = requests[0]
         width, height = first.width, first.height
@@ -124,12 +168,16 @@ class PageGenerator:
         )
         # One CPU generator per request: the same seed gives the same initial latents on any device, alone or batched.
         generators = [torch.Generator("cpu").manual_seed(request.seed) for request in requests]
+        deadlines = [r.deadline for r in requests]
+        # Stop only when nobody waits any more: a batch-mate with time left still wants its page.
+        give_up_at = None if None in deadlines else max(deadlines)
 
         def on_step_end(pipe, step, timestep, callback_kwargs):
-            if should_stop is not None and should_stop():
-                raise GenerationInterrupted(f"stopped after step {step + 1} of {first.steps}")
+            if give_up_at is not None and time.time() > give_up_at:
+                raise GenerationInterrupted(f"timed out; stopped after step {step + 1} of {first.steps}")
             return callback_kwargs
 
+        self._inject_faults(requests)
         started = time.perf_counter()
         output = self.pipe(
             prompt=[request.prompt for request in requests],
@@ -169,6 +217,12 @@ class PageGenerator:
             return self._with_negatives([self.embedder.negative()] * len(requests))
         encoded = self.embedder.encode([request.prev_frame for request in requests])
         return self._with_negatives([embedding.unsqueeze(0) for embedding in encoded])
+
+
+def _failed(requests: list[PageRequest], kind: str, message: str) -> list[PageResult]:
+    return [
+        PageResult(image=None, seed=r.seed, batch_size=len(requests), error=PageError(kind, message)) for r in requests
+    ]
 
 
 def check_request(request: PageRequest, spec: ProfileSpec) -> None:

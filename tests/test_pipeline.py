@@ -223,5 +223,44 @@ def test_repeated_character_hits_the_embedding_cache(generator):
     [("width", {"width": 100}), ("height", {"height": 4096}), ("steps", {"steps": 0}), ("seed", {"seed": -1})],
 )
 def test_invalid_settings_are_refused_naming_the_field(generator, field, change):
-    with pytest.raises(ValueError, match=f"^{field}:"):
-        generator.generate([continuation(**change)])
+    bad, good = generator.generate([continuation(**change), continuation(seed=1)])
+    assert bad.image is None and bad.error.kind == "invalid"
+    assert bad.error.message.startswith(f"{field}:")
+    assert good.ok and good.image.size == (256, 256)
+
+
+# --- failures stay with the requests they concern -----------------------------------------------------------
+
+
+def generator_with(generator, **overrides):
+    from pipeline import PageGenerator
+
+    settings = generator.settings.model_copy(update=overrides)
+    return PageGenerator(generator.pipe, generator.depth, settings, generator.spec)
+
+
+def test_out_of_memory_splits_the_batch_and_retries(generator):
+    small_memory = generator_with(generator, fault_oom_batch_over=1)
+    requests = [continuation(prompt=f"page {i}", prev=i, characters=(i + 10,), seed=i) for i in range(3)]
+    results = small_memory.generate(requests)
+    assert all(r.ok for r in results)
+    assert [r.batch_size for r in results] == [1, 1, 1]
+    for request, result in zip(requests, results):
+        assert psnr(page(generator, request).image, result.image) >= SEEN_AT_LEAST_DB
+
+
+def test_a_page_that_never_fits_fails_alone(generator):
+    flaky = generator_with(generator, fault_oom_prompt_marker="GIGANTIC")
+    requests = [continuation(prompt="fine", seed=1), continuation(prompt="GIGANTIC page", seed=2), continuation(seed=3)]
+    fine, huge, also_fine = flaky.generate(requests)
+    assert huge.image is None and huge.error.kind == "out_of_memory"
+    assert fine.ok and also_fine.ok
+
+
+def test_a_timed_out_request_stops_between_steps(generator):
+    import time
+
+    [late] = generator.generate([continuation(steps=50, deadline=time.time() - 1)])
+    assert late.error.kind == "timeout" and "after step 1 of 50" in late.error.message
+    [on_time] = generator.generate([continuation(steps=2, deadline=time.time() + 600)])
+    assert on_time.ok

@@ -1,0 +1,277 @@
+"""A public endpoint under junk, floods and attacks, against the real `bentoml serve` (tiny profile)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings, strategies as st
+from PIL import Image
+
+from conftest import picture
+from server import REPO, bentoml_serve, free_port, stop
+
+API_KEY = "test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+LIMITS = {
+    "PICTUREBOOK_API_KEY": API_KEY,
+    "PICTUREBOOK_MAX_CONCURRENCY": "2",
+    "PICTUREBOOK_MAX_IMAGE_BYTES": "300000",
+    "PICTUREBOOK_MAX_IMAGE_PIXELS": "4000000",
+    "PICTUREBOOK_MAX_BODY_BYTES": "2000000",
+    "PICTUREBOOK_MAX_PROMPT_CHARS": "500",
+    "PICTUREBOOK_REQUEST_TIMEOUT_S": "6",
+    "PICTUREBOOK_FAULT_OOM_PROMPT_MARKER": "GIGANTIC",
+    "PICTUREBOOK_CORS_ORIGINS": '["https://books.example"]',
+}
+
+
+def b64(image: Image.Image, fmt="PNG", **save) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def good(**change):
+    body = {"prev_frame": b64(picture(1)), "characters": [b64(picture(2, (96, 96)))], "prompt": "a fox", "seed": 3}
+    return {**body, **change}
+
+
+@pytest.fixture(scope="module")
+def hardened(tmp_path_factory, bentoml_home):
+    log = tmp_path_factory.mktemp("hardened") / "serve.log"
+    with bentoml_serve(log, bentoml_home, free_port(), **LIMITS) as (url, _):
+        yield url, log
+
+
+def post(url, body=None, headers=AUTH, **kw):
+    return requests.post(f"{url}/generate", json=body, headers=headers, timeout=60, **kw)
+
+
+def png_bytes(image):
+    return base64.b64decode(b64(image))
+
+
+TRUNCATED_PNG = base64.b64encode(png_bytes(picture(4))[:400]).decode()
+TRUNCATED_JPEG = base64.b64encode(base64.b64decode(b64(picture(4), "JPEG"))[:600]).decode()
+BOMB = b64(Image.new("1", (20_000, 20_000)))
+NOISE = b64(Image.fromarray(np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)))
+
+# (what, request body, expected status, field named in the error)
+BAD_REQUESTS = [
+    ("invalid base64", good(prev_frame="%%% not base64 %%%"), 400, "prev_frame"),
+    ("data URL with junk", good(prev_frame="data:image/png;base64,@@@"), 400, "prev_frame"),
+    ("a URL instead of an image", good(prev_frame="https://example.com/page.png"), 400, "prev_frame"),
+    ("bytes that are not an image", good(characters=[base64.b64encode(b"plain text").decode()]), 400, "characters"),
+    ("truncated PNG", good(prev_frame=TRUNCATED_PNG), 400, "prev_frame"),
+    ("truncated JPEG", good(characters=[TRUNCATED_JPEG]), 400, "characters"),
+    ("unsupported format (GIF)", good(prev_frame=b64(picture(5), "GIF")), 400, "prev_frame"),
+    ("unsupported format (BMP)", good(characters=[b64(picture(5), "BMP")]), 400, "characters"),
+    ("decompression bomb", good(prev_frame=BOMB), 400, "prev_frame"),
+    ("image too large in bytes", good(prev_frame=NOISE), 400, "prev_frame"),
+    ("too many characters", good(characters=[b64(picture(i, (32, 32))) for i in range(5)]), 400, "characters"),
+    ("empty prompt", good(prompt=""), 400, "prompt"),
+    ("overlong prompt", good(prompt="x" * 501), 400, "prompt"),
+    ("negative seed", good(seed=-1), 400, "seed"),
+    ("seed above 2^32-1", good(seed=2**32), 400, "seed"),
+    ("width not a multiple of 8", good(width=100), 400, "width"),
+    ("width too large", good(width=4096), 400, "width"),
+    ("height too small", good(height=32), 400, "height"),
+    ("characters not a list", good(characters="abc"), 400, "characters"),
+    ("prompt not a string", good(prompt=123), 400, "prompt"),
+    ("seed not an integer", good(seed="forty-two"), 400, "seed"),
+    ("missing prompt", {"characters": []}, 400, "prompt"),
+]
+
+
+@pytest.mark.parametrize("what, body, status, field", BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS])
+def test_bad_input_is_a_4xx_naming_the_field(hardened, what, body, status, field):
+    url, _ = hardened
+    response = post(url, body)
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert error["error"]
+    assert any(detail["loc"][0] == field for detail in error["detail"]), error
+    assert requests.get(f"{url}/readyz", timeout=5).status_code == 200
+
+
+def test_the_next_good_request_succeeds_after_every_bad_one(hardened):
+    url, _ = hardened
+    for _, body, _, _ in BAD_REQUESTS:
+        post(url, body)
+    response = post(url, good())
+    assert response.status_code == 200
+    assert Image.open(io.BytesIO(base64.b64decode(response.json()["img"]))).size == (256, 256)
+
+
+def test_data_url_prefix_is_accepted(hardened):
+    url, _ = hardened
+    assert post(url, good(prev_frame="data:image/png;base64," + b64(picture(1)))).status_code == 200
+
+
+def test_malformed_and_non_object_json_are_4xx(hardened):
+    url, _ = hardened
+    headers = {**AUTH, "Content-Type": "application/json"}
+    for body in (b"{not json", b"[1, 2, 3]", b'"a string"'):
+        response = requests.post(f"{url}/generate", data=body, headers=headers, timeout=30)
+        assert 400 <= response.status_code < 500, (body, response.status_code)
+
+
+def test_body_too_large_is_413_without_being_read(hardened):
+    url, _ = hardened
+    big = json.dumps(good(prompt="x", prev_frame="A" * 3_000_000)).encode()
+    response = requests.post(f"{url}/generate", data=big, headers={**AUTH, "Content-Type": "application/json"}, timeout=30)
+    assert response.status_code == 413
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(40):
+            yield b"A" * 100_000
+
+    response = requests.post(f"{url}/generate", data=chunks(), headers={**AUTH, "Content-Type": "application/json"}, timeout=30)
+    assert response.status_code == 413
+
+
+def test_other_content_types_are_415(hardened):
+    url, _ = hardened
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        response = requests.post(
+            f"{url}/generate", data=json.dumps(good()), headers={**AUTH, "Content-Type": content_type}, timeout=30
+        )
+        assert response.status_code == 415, content_type
+
+
+def test_api_key_is_required_on_generate_only(hardened):
+    url, _ = hardened
+    missing = post(url, good(), headers={})
+    assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
+    assert post(url, good(), headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert post(url, good(), headers={"Authorization": API_KEY}).status_code == 401  # no scheme
+    assert post(url, good()).status_code == 200
+    for path in ("/livez", "/readyz", "/metrics"):
+        assert requests.get(f"{url}{path}", timeout=5).status_code == 200, path
+
+
+def test_cors_allows_only_configured_origins(hardened):
+    url, _ = hardened
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    allowed = requests.options(f"{url}/generate", headers={"Origin": "https://books.example", **preflight}, timeout=5)
+    assert allowed.headers.get("access-control-allow-origin") == "https://books.example"
+    other = requests.options(f"{url}/generate", headers={"Origin": "https://evil.example", **preflight}, timeout=5)
+    assert other.headers.get("access-control-allow-origin") is None
+
+
+def test_overload_gets_quick_429_with_retry_after_and_accepted_pages_are_valid(hardened):
+    url, _ = hardened
+    bodies = [good(seed=i, steps=8) for i in range(10)]
+    with ThreadPoolExecutor(10) as pool:
+        responses = list(pool.map(lambda body: post(url, body), bodies))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 429, 503}, statuses
+    assert statuses.count(200) >= 1 and statuses.count(429) + statuses.count(503) >= 1, statuses
+    for response in responses:
+        if response.status_code == 200:
+            Image.open(io.BytesIO(base64.b64decode(response.json()["img"]))).load()
+        else:
+            assert int(response.headers["Retry-After"]) > 0
+    assert post(url, good()).status_code == 200
+
+
+def test_a_page_that_runs_out_of_memory_fails_alone(hardened):
+    url, _ = hardened
+    bodies = [good(prompt="GIGANTIC castle", seed=1), good(prompt="a small cottage", seed=2)]
+    with ThreadPoolExecutor(2) as pool:
+        huge, small = pool.map(lambda body: post(url, body), bodies)
+    assert huge.status_code == 507 and huge.json()["kind"] == "out_of_memory"
+    assert small.status_code == 200
+
+
+def test_a_timed_out_request_stops_the_model_between_steps(hardened):
+    url, log = hardened
+    slow = post(url, good(steps=100))  # far beyond the 6 s timeout on this CPU
+    assert slow.status_code == 504
+    deadline = time.monotonic() + 30
+    while "timed out; stopped after step" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the model kept drawing a page nobody waits for"
+        time.sleep(0.5)
+    assert post(url, good()).status_code == 200
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=6,
+)
+IMAGES = st.sampled_from([b64(picture(7, (48, 48))), TRUNCATED_PNG, "", "data:image/png;base64,"]) | st.binary(
+    max_size=64
+).map(lambda raw: base64.b64encode(raw).decode())
+FIELDS = {
+    "prev_frame": st.none() | IMAGES | JSON_VALUES,
+    "characters": st.lists(IMAGES, max_size=6) | JSON_VALUES,
+    "prompt": st.text(max_size=80) | JSON_VALUES,
+    "seed": st.integers(min_value=-(2**40), max_value=2**40) | JSON_VALUES,
+    "width": st.integers(min_value=-100, max_value=400) | JSON_VALUES,
+    "height": st.integers(min_value=-100, max_value=400) | JSON_VALUES,
+    "steps": st.integers(min_value=-5, max_value=6) | JSON_VALUES,
+    "guidance_scale": st.floats(allow_nan=True, allow_infinity=True) | JSON_VALUES,
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(body=st.fixed_dictionaries({}, optional=FIELDS))
+def test_fuzzed_requests_never_get_a_5xx(hardened, body):
+    url, _ = hardened
+    try:
+        response = requests.post(
+            f"{url}/generate", data=json.dumps(body, allow_nan=True), headers={**AUTH, "Content-Type": "application/json"}, timeout=60
+        )
+    except ValueError:
+        return
+    assert response.status_code < 500 or response.status_code in (503, 504), (body, response.status_code, response.text[:300])
+
+
+def test_sigterm_lets_in_flight_pages_finish(tmp_path, bentoml_home):
+    """Kubernetes sends SIGTERM to the main process and waits terminationGracePeriodSeconds."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PICTUREBOOK_PROFILE": "tiny",
+        "BENTOML_HOME": str(bentoml_home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "HF_HUB_OFFLINE": "1",
+    }
+    log = open(tmp_path / "serve.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, "server did not become ready"
+            try:
+                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(lambda: requests.post(f"{url}/generate", json=good(steps=30), timeout=120))
+            time.sleep(1.5)  # the page is being drawn
+            process.send_signal(signal.SIGTERM)
+            response = in_flight.result()
+        assert response.status_code == 200, response.text
+        Image.open(io.BytesIO(base64.b64decode(response.json()["img"]))).load()
+        assert process.wait(60) is not None
+    finally:
+        stop(process)
+        log.close()

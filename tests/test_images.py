@@ -1,0 +1,106 @@
+"""Untrusted request images: decoded safely, normalised to RGB, and refused with the field named."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.images import ImageInputError, decode_image
+
+LIMITS = {"max_bytes": 1_000_000, "max_pixels": 4_000_000}
+
+
+def encoded(image: Image.Image, fmt: str, **save) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def gradient(size=(64, 48)) -> Image.Image:
+    x = np.linspace(0, 255, size[0], dtype=np.uint8)
+    return Image.fromarray(np.stack([np.tile(x, (size[1], 1))] * 3, axis=-1))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_allowed_formats_decode_to_rgb(fmt):
+    image = decode_image(encoded(gradient(), fmt), "prev_frame", **LIMITS)
+    assert image.mode == "RGB" and image.size == (64, 48)
+
+
+def test_data_url_prefix_is_accepted():
+    image = decode_image("data:image/png;base64," + encoded(gradient(), "PNG"), "prev_frame", **LIMITS)
+    assert image.size == (64, 48)
+
+
+def test_exif_orientation_is_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    image = decode_image(encoded(gradient(), "JPEG", exif=exif), "prev_frame", **LIMITS)
+    assert image.size == (48, 64)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gradient().convert("P"),
+        lambda: gradient().convert("RGBA"),
+        lambda: gradient().convert("LA"),
+        lambda: gradient().convert("L"),
+        lambda: Image.fromarray((np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20)),  # 16-bit grey
+    ],
+    ids=["palette", "rgba", "grey-alpha", "grey", "16-bit"],
+)
+def test_modes_are_converted_to_rgb(make):
+    image = decode_image(encoded(make(), "PNG"), "characters[0]", **LIMITS)
+    assert image.mode == "RGB" and image.size == (64, 48)
+
+
+def test_cmyk_jpeg_is_converted_to_rgb():
+    image = decode_image(encoded(gradient().convert("CMYK"), "JPEG"), "prev_frame", **LIMITS)
+    assert image.mode == "RGB"
+
+
+def test_first_frame_of_an_animation_is_used():
+    frames = [Image.new("RGB", (32, 32), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    image = decode_image(base64.b64encode(buffer.getvalue()).decode(), "prev_frame", **LIMITS)
+    assert image.getpixel((5, 5)) == (255, 0, 0)
+
+
+def refused(data: str, field="prev_frame", **limits):
+    with pytest.raises(ImageInputError) as caught:
+        decode_image(data, field, **{**LIMITS, **limits})
+    assert caught.value.field == field
+    return caught.value.message
+
+
+def test_junk_is_refused():
+    assert "base64" in refused("not base64 at all!")
+    assert "base64" in refused("data:image/png;base64,@@@@")
+    assert "base64" in refused("https://example.com/picture.png")  # a URL is never fetched
+
+
+def test_not_an_image_and_unsupported_formats_are_refused():
+    assert "allowed format" in refused(base64.b64encode(b"hello, world").decode())
+    assert "allowed format" in refused(encoded(gradient(), "GIF"))
+    assert "allowed format" in refused(encoded(gradient(), "BMP"))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_images_are_refused(fmt):
+    raw = base64.b64decode(encoded(gradient((256, 256)), fmt))
+    assert refused(base64.b64encode(raw[: len(raw) // 2]).decode())
+
+
+def test_decompression_bomb_is_refused_from_its_header():
+    bomb = Image.new("1", (20_000, 20_000))  # 400 Mpx in a few kB of PNG
+    message = refused(encoded(bomb, "PNG"))
+    assert "pixels" in message
+
+
+def test_too_many_bytes_are_refused():
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8))
+    assert "bytes" in refused(encoded(noise, "PNG"), max_bytes=50_000)
