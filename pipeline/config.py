@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +30,17 @@ class Settings(BaseSettings):
     tiny_dir: Path = Field(Path.home() / ".cache" / "picturebook" / "tiny", description="Where the `tiny` profile writes its weights.")
     device: str | None = Field(None, description="torch device; default `cuda` when available, else `cpu`.")
     dtype: str | None = Field(None, description="`float16`, `bfloat16` or `float32`; default float16 on CUDA, float32 on CPU.")
+
+    # GPU levers (docs/PERFORMANCE.md says what each is expected to give).
+    attention: Literal["sdpa", "eager"] = Field("sdpa", description="Attention kernels: PyTorch SDPA or the eager reference.")
+    channels_last: bool | None = Field(None, description="channels_last memory format for the convolutional models; default on with CUDA.")
+    fuse_qkv: bool = Field(False, description="Fuse Q/K/V projections of self-attention (IP-Adapter cross-attention is kept).")
+    compile: bool = Field(False, description="torch.compile the UNet and ControlNet (warmed up at start-up).")
+    compile_mode: str = Field("max-autotune-no-cudagraphs", description="torch.compile mode.")
+    compile_backend: str = Field("inductor", description="torch.compile backend.")
+    warmup: bool | None = Field(None, description="Draw one page at start-up before reporting ready; default on when compiling.")
+    cpu_offload: bool = Field(False, description="Model CPU offload for small GPUs (~8 GB); needs CUDA.")
+    vae_tiling: bool = Field(False, description="Decode the VAE in tiles: less memory for large pages.")
 
     face_adapter_scale: float = Field(0.7, ge=0.0, le=2.0, description="IP-Adapter scale of the face adapter (character pictures).")
     style_adapter_scale: float = Field(0.4, ge=0.0, le=2.0, description="IP-Adapter scale of the style adapter (previous page).")

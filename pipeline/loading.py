@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,9 +60,9 @@ def download_sdxl(cache_dir: Path | None = None) -> ModelPaths:
 
 
 def load_page_generator(paths: ModelPaths, settings: Settings):
-    import torch
     from diffusers import AutoencoderKL, ControlNetModel
 
+    from . import speedups
     from .depth import load_depth_estimator
     from .generator import PageGenerator
     from .sdxl_pipeline import PictureBookPipeline
@@ -80,6 +81,7 @@ def load_page_generator(paths: ModelPaths, settings: Settings):
         use_safetensors=True,
         add_watermarker=False,
     )
+    speedups.before_adapters(pipe, settings)
     # Both adapters in one call so they share one image encoder (ViT-H for the real weights).
     pipe.load_ip_adapter(
         str(paths.ip_adapter),
@@ -88,10 +90,32 @@ def load_page_generator(paths: ModelPaths, settings: Settings):
         image_encoder_folder=IMAGE_ENCODER_FOLDER,
     )
     pipe.set_ip_adapter_scale([settings.face_adapter_scale, settings.style_adapter_scale])
-    pipe.to(device)
+    if not settings.cpu_offload:  # offload places each model itself; moving all first could not fit a small GPU
+        pipe.to(device)
+    speedups.after_adapters(pipe, settings)
     pipe.set_progress_bar_config(disable=True)
     depth = load_depth_estimator(paths.depth / spec.depth_checkpoint, spec.depth_architecture, device)
-    return PageGenerator(pipe, depth, settings, spec)
+    generator = PageGenerator(pipe, depth, settings, spec)
+    if settings.compile if settings.warmup is None else settings.warmup:
+        warm_up(generator)
+    return generator
+
+
+def warm_up(generator) -> None:
+    """Draw throw-away pages of every group shape, so compilation happens before the first user arrives."""
+    from PIL import Image
+
+    from .generator import PageRequest
+
+    blank = Image.new("RGB", (64, 64), (128, 128, 128))
+    started = time.perf_counter()
+    generator.generate(
+        [
+            PageRequest(prompt="warm-up", seed=0),
+            PageRequest(prompt="warm-up", prev_frame=blank, characters=(blank,), seed=0),
+        ]
+    )
+    log.info("warm-up took %.1f s", time.perf_counter() - started)
 
 
 def load_from_settings(settings: Settings | None = None):

@@ -264,3 +264,60 @@ def test_a_timed_out_request_stops_between_steps(generator):
     assert late.error.kind == "timeout" and "after step 1 of 50" in late.error.message
     [on_time] = generator.generate([continuation(steps=2, deadline=time.time() + 600)])
     assert on_time.ok
+
+
+# --- GPU levers: wired on CPU, and the adapters still act after all of them ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def levered(tiny_dir, tiny_settings):
+    from pipeline import ModelPaths, load_page_generator
+
+    settings = tiny_settings.model_copy(
+        update={
+            "attention": "sdpa",
+            "channels_last": True,
+            "fuse_qkv": True,
+            "vae_tiling": True,
+            "compile": True,
+            "compile_backend": "eager",  # the wiring, without minutes of inductor codegen on a CPU
+            "warmup": True,
+        }
+    )
+    return load_page_generator(ModelPaths.under(tiny_dir), settings)
+
+
+def test_levers_are_applied(levered):
+    from diffusers.models.attention_processor import FusedAttnProcessor2_0, IPAdapterAttnProcessor2_0
+
+    pipe = levered.pipe
+    assert type(pipe.unet).__name__ == "OptimizedModule" and type(pipe.controlnet).__name__ == "OptimizedModule"
+    assert pipe.vae.use_tiling
+    conv = pipe.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    kinds = {type(p) for p in pipe.unet.attn_processors.values()}
+    assert FusedAttnProcessor2_0 in kinds and IPAdapterAttnProcessor2_0 in kinds
+
+
+def test_adapters_still_act_after_every_lever(levered, generator):
+    processors = [p for p in levered.pipe.unet.attn_processors.values() if hasattr(p, "to_k_ip")]
+    assert processors and {tuple(p.scale) for p in processors} == {(0.7, 0.4)}
+    reference = page(levered, continuation())
+    other_character = page(levered, continuation(characters=(8,)))
+    other_style = page(levered, continuation(prev=7))
+    assert psnr(reference.image, other_character.image) < CHANGED_BELOW_DB
+    assert psnr(reference.image, other_style.image) < CHANGED_BELOW_DB
+    # Same page as without the levers (fusion and layout change rounding only).
+    assert psnr(reference.image, page(generator, continuation()).image) >= SEEN_AT_LEAST_DB
+
+
+def test_cpu_offload_needs_cuda(tiny_dir, tiny_settings):
+    from pipeline import ModelPaths, load_page_generator
+
+    with pytest.raises(ValueError, match="^cpu_offload:"):
+        load_page_generator(ModelPaths.under(tiny_dir), tiny_settings.model_copy(update={"cpu_offload": True}))
+
+
+def test_channels_last_is_on_by_default_only_with_cuda():
+    assert Settings(device="cpu").channels_last is None  # auto
+    assert not Settings(device="cpu").on_cuda and Settings(device="cuda:0").on_cuda

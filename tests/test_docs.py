@@ -1,0 +1,23 @@
+"""The README is the user's manual: every configuration knob is in it, and the commands it gives exist."""
+
+import re
+from pathlib import Path
+
+from pipeline import Settings
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+CI = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+
+
+def test_every_setting_is_documented_in_the_readme():
+    documented = set(re.findall(r"`(PICTUREBOOK_[A-Z0-9_]+)`", README))
+    knobs = {f"PICTUREBOOK_{name.upper()}" for name in Settings.model_fields}
+    assert knobs - documented == set(), "undocumented knobs"
+    assert documented - knobs == set(), "the README documents knobs that do not exist"
+
+
+def test_ci_runs_the_readme_test_command():
+    test_section = README.split("## Test", 1)[1]
+    command = re.search(r"```bash\n(.+?)\n```", test_section, re.S).group(1).strip()
+    assert command in CI.splitlines()
+    assert "pip install -r requirements.txt" in CI
