@@ -21,3 +21,13 @@ def test_ci_runs_the_readme_test_command():
     command = re.search(r"```bash\n(.+?)\n```", test_section, re.S).group(1).strip()
     assert command in CI.splitlines()
     assert "pip install -r requirements.txt" in CI
+
+
+def test_pinned_versions_meet_the_security_minimums():
+    root = Path(__file__).resolve().parent.parent
+    security = (root / "docs" / "SECURITY.md").read_text()
+    pins = dict(re.findall(r"^([a-z0-9-]+)==([\d.]+)$", (root / "requirements-runtime.txt").read_text(), re.M))
+    for package in ("bentoml", "pillow"):
+        minimum = re.search(rf"^\| {package} \| ([\d.]+) \|", security, re.M).group(1)
+        as_tuple = lambda version: tuple(int(part) for part in version.split("."))  # noqa: E731
+        assert as_tuple(pins[package]) >= as_tuple(minimum), package
