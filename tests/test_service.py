@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import subprocess
 import sys
 import tarfile
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import bentoml
 import pytest
@@ -211,3 +213,33 @@ def test_bentoml_build_packs_the_tiny_models(tmp_path, bentoml_home, built_bento
         names = bento.getnames()
     assert sum(name.endswith(".safetensors") for name in names) >= 6, names
     assert any(name.endswith("sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors") for name in names)
+
+
+def model_service_socket(url: str) -> str:
+    """The model service's address, as BentoML hands it to the front worker (a Unix socket)."""
+    port = url.rsplit(":", 1)[1]
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            variables = dict(
+                item.split("=", 1) for item in environ.read_bytes().decode(errors="replace").split("\0") if "=" in item
+            )
+        except OSError:
+            continue
+        mapping = json.loads(variables.get("BENTOML_RUNNER_MAP", "{}"))
+        if mapping.get("picturebook", "").endswith(f":{port}"):
+            return mapping["picturebook-model"].removeprefix("file://")
+    raise AssertionError("no front worker found for this server")
+
+
+def test_model_service_refuses_pickled_bodies(served):
+    import pickle
+
+    import httpx
+
+    with httpx.Client(transport=httpx.HTTPTransport(uds=model_service_socket(served)), base_url="http://model") as model:
+        refused = model.post(
+            "/draw", content=pickle.dumps({"jobs": []}), headers={"Content-Type": "application/vnd.bentoml+pickle"}
+        )
+        assert refused.status_code == 415
+        accepted = model.post("/draw", json={"jobs": [{"prompt": "direct", "seed": 1, "steps": 1}]}, timeout=60)
+        assert accepted.status_code == 200 and accepted.json()[0]["img"]
