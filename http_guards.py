@@ -136,3 +136,16 @@ class JsonBodyOnly:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+class RefusePickledBodies:
+    """For the internal model service: JSON only, never BentoML's pickle media type, so nothing is unpickled."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and b"pickle" in dict(scope["headers"]).get(b"content-type", b""):
+            await send_json(send, 415, {"error": "pickled request bodies are refused"})
+            return
+        await self.app(scope, receive, send)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse
 
 from bento_models import declared_models, model_paths
-from http_guards import AdmissionLimit, ApiKeyAuth, JsonBodyOnly
+from http_guards import AdmissionLimit, ApiKeyAuth, JsonBodyOnly, RefusePickledBodies
 from pipeline import MAX_CHARACTERS, MAX_SEED, PageRequest, Settings, load_page_generator
 from pipeline.images import ImageInputError, decode_image, decode_trusted_png, encode_png
 from pipeline.sources import PROFILES
@@ -114,12 +114,10 @@ class PageModel:
     locals().update(declared_models(settings))
 
     def __init__(self) -> None:
+        # BentoML starts serving (and /readyz answers 200) only after __init__ returns: ready means loaded.
         started = time.perf_counter()
         self.generator = load_page_generator(model_paths(self, settings), settings)
         log.info("models loaded in %.1f s", time.perf_counter() - started)
-
-    def __is_ready__(self) -> bool:
-        return self.generator is not None
 
     @bentoml.api(batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms)
     def draw(self, jobs: list[PageJob]) -> list[PageOutput]:
@@ -144,22 +142,6 @@ class PageModel:
             else PageOutput(seed=r.seed, error_kind=r.error.kind, error=r.error.message)
             for r in self.generator.generate(requests)
         ]
-
-
-class RefusePickledBodies:
-    """ASGI middleware: the model service takes JSON only, never BentoML's pickle media type (no unpickling)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            content_type = dict(scope["headers"]).get(b"content-type", b"")
-            if b"pickle" in content_type:
-                await send({"type": "http.response.start", "status": 415, "headers": [(b"content-type", b"application/json")]})
-                await send({"type": "http.response.body", "body": b'{"error": "pickled request bodies are refused"}'})
-                return
-        await self.app(scope, receive, send)
 
 
 PageModel.add_asgi_middleware(RefusePickledBodies)
