@@ -119,7 +119,13 @@ class PageModel:
         self.generator = load_page_generator(model_paths(self, settings), settings)
         log.info("models loaded in %.1f s", time.perf_counter() - started)
 
-    @bentoml.api(batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms)
+    # BentoML wants a batchable API's max_batch_size > 1; batch size 1 means no batcher, and the front still sends
+    # a one-page list, so `draw` has the same signature either way.
+    @bentoml.api(
+        batchable=settings.max_batch_size > 1,
+        max_batch_size=max(2, settings.max_batch_size),
+        max_latency_ms=settings.max_latency_ms,
+    )
     def draw(self, jobs: list[PageJob]) -> list[PageOutput]:
         requests = [
             PageRequest(

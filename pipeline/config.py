@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     controlnet_scale: float = Field(0.5, ge=0.0, le=2.0, description="Depth ControlNet conditioning scale.")
     embedding_cache_size: int = Field(256, ge=0, description="Character embeddings kept in the LRU cache (0 disables it).")
 
-    max_batch_size: int = Field(4, ge=1, description="Adaptive batching: most pages in one diffusion call.")
+    max_batch_size: int = Field(4, ge=1, description="Adaptive batching: most pages in one diffusion call; 1 turns the batcher off.")
     max_latency_ms: int = Field(60_000, ge=1, description="Adaptive batching: latency budget a request may wait in the batch queue plus run.")
     request_timeout_s: int = Field(120, ge=1, description="Seconds a /generate request may take end to end.")
     max_concurrency: int = Field(16, ge=1, description="Requests the front service admits at once; more get 429/503.")

@@ -94,10 +94,15 @@ def test_seed_client_runs_verbatim_on_the_default_port(tmp_path, bentoml_home):
     picture(1).save(tmp_path / "previous_scene.png")
     picture(2, (128, 128)).save(tmp_path / "character1.png")
     picture(3, (128, 128)).convert("P").save(tmp_path / "character2.png")  # a palette PNG, as drawings often are
-    with bentoml_serve(tmp_path / "serve.log", bentoml_home, port=None):  # no --port: the service's default
+    # no --port: the service's default; and batching off, which BentoML's batcher cannot express (size must be > 1)
+    with bentoml_serve(tmp_path / "serve.log", bentoml_home, port=None, PICTUREBOOK_MAX_BATCH_SIZE="1") as (url, _):
         subprocess.run([sys.executable, "-c", SEED_CLIENT], cwd=tmp_path, check=True, timeout=120)
+        with ThreadPoolExecutor(3) as pool:
+            responses = list(pool.map(lambda seed: post(url, payload(seed=seed)), range(3)))
     page = Image.open(tmp_path / "generated_scene.png", formats=["PNG"])
     assert page.size == (256, 256)
+    assert [r.status_code for r in responses] == [200] * 3
+    assert [r.json()["batch_size"] for r in responses] == [1] * 3
 
 
 def test_contract_with_bentoml_client(served):
