@@ -1,4 +1,3 @@
-import os
 import re
 import subprocess
 import sys
@@ -9,7 +8,7 @@ from PIL import Image
 
 from pipeline import ModelPaths, Profile, Settings, load_page_generator
 from pipeline.tiny import build_tiny_models
-from server import REPO
+from server import REPO, server_env
 
 
 def picture(seed: int, size=(256, 256)) -> Image.Image:
@@ -48,10 +47,10 @@ def bentoml_home(tmp_path_factory):
 
 
 def bentoml_cli(bentoml_home, *args, timeout=300):
-    env = {**os.environ, "PICTUREBOOK_PROFILE": "tiny", "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"}
     run = subprocess.run(
-        [sys.executable, "-m", "bentoml", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
+        [sys.executable, "-m", "bentoml", *args],
+        cwd=REPO, env=server_env(bentoml_home), capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     return run.stdout
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,17 +33,29 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-@contextmanager
-def bentoml_serve(log_path: Path, bentoml_home: Path, port: int | None, **env: str):
-    """Yield (base_url, seconds from start to ready). `port=None` serves on the service's default port."""
-    environment = {
+def server_env(bentoml_home: Path, **extra: str) -> dict[str, str]:
+    """The tiny profile, a private model store, and no hub: how every test and benchmark server runs."""
+    return {
         **os.environ,
         "PICTUREBOOK_PROFILE": "tiny",
         "BENTOML_HOME": str(bentoml_home),
         "BENTOML_DO_NOT_TRACK": "true",
         "HF_HUB_OFFLINE": "1",
-        **env,
+        **extra,
     }
+
+
+@contextmanager
+def bentoml_serve(
+    log_path: Path,
+    bentoml_home: Path,
+    port: int | None,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+    **env: str,
+):
+    """Yield (base_url, seconds from start to ready). `port=None` serves on the service's default port;
+    `on_start` sees the process as soon as it exists (the benchmark samples its memory from there)."""
+    environment = server_env(bentoml_home, **env)
     command = [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1"]
     if port is not None:
         command += ["--port", str(port)]
@@ -53,6 +66,8 @@ def bentoml_serve(log_path: Path, bentoml_home: Path, port: int | None, **env: s
         command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
+        if on_start is not None:
+            on_start(process)
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"bentoml serve exited with {process.returncode}; see {log_path}")
@@ -63,7 +78,7 @@ def bentoml_serve(log_path: Path, bentoml_home: Path, port: int | None, **env: s
                     break
             except requests.RequestException:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.1)
         yield base_url, time.monotonic() - started
     finally:
         stop(process)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from conftest import picture
-from server import REPO, bentoml_serve, free_port, stop
+from server import bentoml_serve, free_port
 
 API_KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -241,29 +239,9 @@ def test_fuzzed_requests_never_get_a_5xx(hardened, body):
 
 def test_sigterm_lets_in_flight_pages_finish(tmp_path, bentoml_home):
     """Kubernetes sends SIGTERM to the main process and waits terminationGracePeriodSeconds."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "PICTUREBOOK_PROFILE": "tiny",
-        "BENTOML_HOME": str(bentoml_home),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "HF_HUB_OFFLINE": "1",
-    }
-    log = open(tmp_path / "serve.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None and time.monotonic() < deadline, "server did not become ready"
-            try:
-                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.5)
+    started: list[subprocess.Popen] = []
+    with bentoml_serve(tmp_path / "serve.log", bentoml_home, free_port(), on_start=started.append) as (url, _):
+        [process] = started
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(lambda: requests.post(f"{url}/generate", json=good(steps=30), timeout=120))
             time.sleep(1.5)  # the page is being drawn
@@ -271,7 +249,4 @@ def test_sigterm_lets_in_flight_pages_finish(tmp_path, bentoml_home):
             response = in_flight.result()
         assert response.status_code == 200, response.text
         Image.open(io.BytesIO(base64.b64decode(response.json()["img"]))).load()
-        assert process.wait(60) is not None
-    finally:
-        stop(process)
-        log.close()
+        assert process.wait(60) == 0
