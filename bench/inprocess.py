@@ -1,0 +1,111 @@
+"""The pipeline in this process: pages/s by batch size, latency by number of characters and by page size."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from bench.common import median, progress
+from bench.workload import CHARACTERS, SIZE, page_request
+
+
+def quiet_libraries() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    try:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        for library in (diffusers_logging, transformers_logging):
+            library.set_verbosity_error()
+            library.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def load_generator(model_dir: Path):
+    """Build the tiny weights (seconds, offline) and load them as the service does, on the CPU."""
+    from pipeline import ModelPaths, Profile, Settings, load_page_generator
+    from pipeline.tiny import build_tiny_models
+
+    quiet_libraries()
+    root = build_tiny_models(model_dir)
+    settings = Settings(profile=Profile.tiny, model_dir=root, device="cpu")
+    return load_page_generator(ModelPaths.under(root), settings)
+
+
+def _draw(generator, requests) -> None:
+    results = generator.generate(requests)
+    for result in results:
+        if not result.ok:
+            raise RuntimeError(f"in-process page failed: {result.error}")
+        if result.batch_size != len(requests):
+            raise RuntimeError(f"expected one diffusion call of {len(requests)}, got batch_size {result.batch_size}")
+
+
+def pages_per_s(generator, batch: int, pages: int, size: int = SIZE) -> float:
+    """Pages per second drawing `pages` (rounded up to whole calls) in calls of `batch`, after one warm-up call."""
+    calls = max(1, math.ceil(pages / batch))
+    _draw(generator, [page_request(i, size) for i in range(batch)])  # warm-up: this shape's first call
+    started = time.perf_counter()
+    for call in range(calls):
+        _draw(generator, [page_request(100 + call * batch + j, size) for j in range(batch)])
+    elapsed = time.perf_counter() - started
+    return calls * batch / elapsed
+
+
+def latency_ms(generator, request, repeats: int, samples: list | None = None) -> float:
+    """Median wall time of drawing one page alone, after one warm-up (each time appended to `samples`)."""
+    _draw(generator, [request])
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        _draw(generator, [request])
+        times.append((time.perf_counter() - started) * 1000)
+    if samples is not None:
+        samples.extend(times)
+    return median(times)
+
+
+def run(model_dir: Path, params: dict) -> dict:
+    progress("in-process: loading the tiny pipeline")
+    generator = load_generator(model_dir)
+    out: dict = {}
+    for i in range(3):  # first calls after loading are slower (allocations, kernel selection)
+        _draw(generator, [page_request(i)])
+
+    repeats = params["latency_repeats"]
+    progress(f"in-process: latency of one page ({SIZE}px, {CHARACTERS} character, prev_frame), {repeats} repeats")
+    samples: list[float] = []
+    baseline = latency_ms(generator, page_request(0), repeats, samples)
+    out["inprocess_latency_ms"] = baseline
+    out["inprocess_latency_samples_ms"] = samples
+
+    throughput = {}
+    for batch in (1, 2, 4, 8):
+        throughput[batch] = pages_per_s(generator, batch, params["throughput_pages"])
+        progress(f"in-process: batch {batch}: {throughput[batch]:.2f} pages/s")
+    out["inprocess_pages_per_s"] = throughput
+
+    by_characters = {}
+    for count in range(5):
+        by_characters[count] = (
+            baseline if count == CHARACTERS else latency_ms(generator, page_request(0, characters=count), repeats)
+        )
+        progress(f"in-process: {count} characters: {by_characters[count]:.0f} ms")
+    out["latency_by_characters_ms"] = by_characters
+
+    by_size, gain_by_size = {}, {}
+    for size in (128, 256, 512):
+        by_size[size] = baseline if size == SIZE else latency_ms(generator, page_request(0, size), repeats)
+        if size == SIZE:
+            gain_by_size[size] = throughput[8] / throughput[1]
+        else:
+            pages = params["throughput_pages"] if size < SIZE else params["large_pages"]
+            gain_by_size[size] = pages_per_s(generator, 8, pages, size) / pages_per_s(generator, 1, pages, size)
+        progress(f"in-process: {size}px: {by_size[size]:.0f} ms per page, batch-8 gain {gain_by_size[size]:.2f}")
+    out["latency_by_size_ms"] = by_size
+    out["inprocess_batch_gain_by_size"] = gain_by_size
+    return out
