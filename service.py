@@ -108,6 +108,10 @@ class PageOutput(BaseModel):
     resources={"gpu": 1, "memory": "16Gi"},
     # Longer than the front's timeout: a batch stops itself at its requests' deadlines, between denoising steps.
     traffic={"timeout": settings.request_timeout_s + 30},
+    # BentoML's client to this service replaces its HTTP session every `max_requests` calls or `max_age` seconds
+    # (defaults 100 and 300 s) and closing the old one cuts the calls still in flight on it (500 "Server
+    # disconnected"). The model is a Unix socket in the same pod, with nothing to re-resolve: keep one session.
+    runner_connection={"max_requests": 2**62, "max_age": 1e12},
     workers=1,
 )
 class PageModel:
