@@ -154,6 +154,9 @@ class PageModel:
         ]
 
 
+# The model's socket is reachable from anything in the pod: the same key, when one is set, and JSON only.
+if settings.api_key is not None:
+    PageModel.add_asgi_middleware(ApiKeyAuth, api_key=settings.api_key.get_secret_value())
 PageModel.add_asgi_middleware(RefusePickledBodies)
 
 
@@ -199,6 +202,9 @@ class PictureBook:
         self._json_proxy = (
             RemoteProxy(dependency.url, service=PageModel, media_type="application/json") if dependency.url else None
         )
+        if self._json_proxy is not None and settings.api_key is not None:
+            # The client's default headers are the dict its sessions are made with (no public setter exists).
+            self._json_proxy._async.default_headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
         self.pages = resolved.to_async if self._json_proxy is None else None
 
     @bentoml.on_startup

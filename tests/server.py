@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -94,3 +95,19 @@ def stop(process: subprocess.Popen, grace_s: float = 30) -> int:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     return process.returncode
+
+
+def model_service_socket(url: str) -> str:
+    """The model service's address, as BentoML hands it to the front worker (a Unix socket)."""
+    port = url.rsplit(":", 1)[1]
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            variables = dict(
+                item.split("=", 1) for item in environ.read_bytes().decode(errors="replace").split("\0") if "=" in item
+            )
+        except OSError:
+            continue
+        mapping = json.loads(variables.get("BENTOML_RUNNER_MAP", "{}"))
+        if mapping.get("picturebook", "").endswith(f":{port}"):
+            return mapping["picturebook-model"].removeprefix("file://")
+    raise AssertionError("no front worker found for this server")

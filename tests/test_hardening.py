@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from conftest import picture
-from server import bentoml_serve, free_port
+from server import bentoml_serve, free_port, model_service_socket
 
 API_KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -157,6 +157,20 @@ def test_api_key_is_required_on_generate_only(hardened):
     assert post(url, good()).status_code == 200
     for path in ("/livez", "/readyz", "/metrics"):
         assert requests.get(f"{url}{path}", timeout=5).status_code == 200, path
+
+
+def test_api_key_is_required_on_the_model_service_too(hardened):
+    """The model service's socket is reachable by anything in the pod: its routes want the key as well, and the
+    front (whose pages succeed above) sends it."""
+    import httpx
+
+    url, _ = hardened
+    with httpx.Client(transport=httpx.HTTPTransport(uds=model_service_socket(url)), base_url="http://model") as model:
+        jobs = {"jobs": [{"prompt": "direct", "seed": 1, "steps": 1}]}
+        assert model.post("/draw", json=jobs, timeout=60).status_code == 401
+        assert model.post("/draw", json=jobs, headers={"Authorization": "Bearer wrong"}, timeout=60).status_code == 401
+        assert model.post("/draw", json=jobs, headers=AUTH, timeout=60).status_code == 200
+        assert model.get("/readyz").status_code == 200
 
 
 def test_cors_allows_only_configured_origins(hardened):

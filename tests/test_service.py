@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import subprocess
 import sys
 import tarfile
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import bentoml
 import pytest
@@ -19,7 +17,7 @@ import yaml
 from PIL import Image
 
 from conftest import bentoml_cli, picture, psnr
-from server import bentoml_serve, free_port, port_is_free
+from server import bentoml_serve, free_port, model_service_socket, port_is_free
 
 # The Python client from the seed README (../shared/seed/000_333b071f23a24d57.txt), verbatim.
 SEED_CLIENT = textwrap.dedent(
@@ -227,22 +225,6 @@ def test_bentoml_build_packs_the_tiny_models(tmp_path, bentoml_home, built_bento
         names = bento.getnames()
     assert sum(name.endswith(".safetensors") for name in names) >= 6, names
     assert any(name.endswith("sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors") for name in names)
-
-
-def model_service_socket(url: str) -> str:
-    """The model service's address, as BentoML hands it to the front worker (a Unix socket)."""
-    port = url.rsplit(":", 1)[1]
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            variables = dict(
-                item.split("=", 1) for item in environ.read_bytes().decode(errors="replace").split("\0") if "=" in item
-            )
-        except OSError:
-            continue
-        mapping = json.loads(variables.get("BENTOML_RUNNER_MAP", "{}"))
-        if mapping.get("picturebook", "").endswith(f":{port}"):
-            return mapping["picturebook-model"].removeprefix("file://")
-    raise AssertionError("no front worker found for this server")
 
 
 def test_model_service_refuses_pickled_bodies(served):
