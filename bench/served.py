@@ -1,4 +1,4 @@
-"""The real `bentoml serve` on loopback: readiness time, peak memory, and pages/s under concurrent clients."""
+"""The real `bentoml serve` on loopback: a fresh model store, peak memory of the server, concurrent clients."""
 
 from __future__ import annotations
 
@@ -91,7 +91,8 @@ def post(session: requests.Session, url: str, body: dict) -> tuple[float, int, i
 
 
 def concurrent_load(url: str, clients: int, per_client: int, first_index: int = 0) -> dict:
-    """`clients` threads, each with its own session, send `per_client` requests back to back (closed loop)."""
+    """`clients` threads, each with its own session, send `per_client` requests back to back (closed loop).
+    Returns the raw samples: wall time, and (seconds, status, batch_size) per request."""
     samples: list[tuple[float, int, int]] = []
     lock = threading.Lock()
     start = threading.Barrier(clients + 1)
@@ -111,73 +112,18 @@ def concurrent_load(url: str, clients: int, per_client: int, first_index: int = 
     started = time.perf_counter()
     for thread in threads:
         thread.join(REQUEST_TIMEOUT_S * per_client)
-    wall = time.perf_counter() - started
+    return {"wall_s": time.perf_counter() - started, "samples": samples}
+
+
+def summary(wall_s: float, samples: list[tuple[float, int, int]]) -> dict:
+    """pages/s and the rest of a row of the served table, from the samples of one or more loads."""
     ok = [s for s in samples if s[1] == 200]
     return {
-        "clients": clients,
         "pages": len(ok),
         "failures": len(samples) - len(ok),
-        "wall_s": wall,
-        "pages_per_s": len(ok) / wall,
+        "wall_s": wall_s,
+        "pages_per_s": len(ok) / wall_s if wall_s else None,
         "median_latency_ms": median([s[0] * 1000 for s in ok]) if ok else None,
         "mean_batch_size": sum(s[2] for s in ok) / len(ok) if ok else None,
         "statuses": sorted({s[1] for s in samples}),
     }
-
-
-def http_latency_ms(url: str, repeats: int, samples: list | None = None) -> float:
-    """Median end-to-end latency of the same page as bench.inprocess's baseline (`payload(0)`), one at a time."""
-    times = []
-    with requests.Session() as session:
-        post(session, url, payload(0))  # warm-up
-        for _ in range(repeats):
-            elapsed, status, _ = post(session, url, payload(0))
-            if status != 200:
-                raise RuntimeError(f"POST /generate answered {status}")
-            times.append(elapsed * 1000)
-    if samples is not None:
-        samples.extend(times)
-    return median(times)
-
-
-def run_config(
-    name: str,
-    max_batch_size: int,
-    bentoml_home: Path,
-    logs: Path,
-    params: dict,
-    latency: bool,
-) -> dict:
-    """One server (one batching setting): ready time, optional single-request latency, pages/s at 1, 4, 8 clients."""
-    mode = f"PICTUREBOOK_MAX_BATCH_SIZE={max_batch_size}"
-    progress(f"served ({name}): starting bentoml serve, {mode}")
-    out: dict = {"mode": mode}
-    with serve(bentoml_home, logs / f"serve-{name}.log", PICTUREBOOK_MAX_BATCH_SIZE=str(max_batch_size)) as (
-        url,
-        ready_s,
-        rss,
-    ):
-        out["ready_s"] = ready_s
-        progress(f"served ({name}): ready after {ready_s:.1f} s")
-        if latency:
-            out["http_latency_samples_ms"] = []
-            out["http_latency_ms"] = http_latency_ms(url, params["http_repeats"], out["http_latency_samples_ms"])
-            progress(f"served ({name}): one request alone: {out['http_latency_ms']:.0f} ms (median)")
-        out["by_clients"] = {}
-        index = 10_000
-        for clients in (1, 4, 8):
-            concurrent_load(url, clients, 1, index)  # warm-up round: lets the batcher see this load
-            index += clients
-            per_client = max(1, params["served_pages"] // clients)
-            result = concurrent_load(url, clients, per_client, index)
-            index += clients * per_client
-            out["by_clients"][clients] = result
-            progress(
-                f"served ({name}): {clients} clients x {per_client}: {result['pages_per_s']:.2f} pages/s, "
-                f"mean batch {result['mean_batch_size'] or 0:.2f}, {result['failures']} failures"
-            )
-        rss.sample()
-    out["peak_rss_mb"] = rss.peak_bytes / 2**20
-    out["processes"] = rss.processes_at_peak
-    progress(f"served ({name}): peak RSS {out['peak_rss_mb']:.0f} MB over {out['processes']} processes")
-    return out
