@@ -29,7 +29,7 @@ SERVERS = {"batching_on": 8, "batching_off": 1}  # PICTUREBOOK_MAX_BATCH_SIZE
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats: a few minutes instead of ~15")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats: about 5 minutes instead of about 10")
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder (default bench-out/)")
     args = parser.parse_args(argv)
     params = PARAMS["quick" if args.quick else "full"]
