@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from bench.common import median, progress
+from bench.common import median
 from bench.workload import payload
 from tests.server import REPO, bentoml_serve, free_port, server_env
 
