@@ -22,9 +22,10 @@ import random
 import sys
 from collections import Counter
 
-import numpy as np
 from locust import HttpUser, between, events, task
 from PIL import Image
+
+from bench.workload import picture, png_b64
 
 DEFAULT_MAX_P95_MS = 15_000.0
 DEFAULT_HEADLESS_RUN_TIME_S = 60
@@ -45,22 +46,9 @@ PROMPTS = [
 ]
 
 
-def picture(seed: int, size: tuple[int, int]) -> Image.Image:
-    """Smooth colour blobs: structure for the depth model and the image encoder, not pure noise."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    return Image.fromarray(coarse).resize(size, Image.BICUBIC)
-
-
-def b64png(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 # Made once, when locust imports this file.
-PAGES = [b64png(picture(1000 + i, PAGE_SIZE)) for i in range(POOL_SIZE)]
-CHARACTERS = [b64png(picture(2000 + i, CHARACTER_SIZE)) for i in range(POOL_SIZE)]
+PAGES = [png_b64(picture(1000 + i, PAGE_SIZE)) for i in range(POOL_SIZE)]
+CHARACTERS = [png_b64(picture(2000 + i, CHARACTER_SIZE)) for i in range(POOL_SIZE)]
 BATCH_SIZES: Counter[int] = Counter()  # batch_size of every answered page, reported at the end
 
 

@@ -30,29 +30,34 @@ PROMPTS = [
 ]
 
 
-def picture(seed: int, size: int) -> Image.Image:
-    """Smooth colour blobs (as in the tests): structure for the depth model and the image encoder."""
+def picture(seed: int, size: tuple[int, int] = (SIZE, SIZE)) -> Image.Image:
+    """A deterministic picture of smooth colour blobs: structure for the depth model and the image encoder, not pure
+    noise. The tests, the load test and the benchmark all draw their inputs with it."""
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    return Image.fromarray(coarse).resize((size, size), Image.BICUBIC)
+    return Image.fromarray(coarse).resize(size, Image.BICUBIC)
+
+
+def png_b64(image: Image.Image) -> str:
+    """An image as a client sends it: PNG, base64."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 @lru_cache(maxsize=None)
 def page_picture(index: int, size: int) -> Image.Image:
-    return picture(1000 + index % POOL, size)
+    return picture(1000 + index % POOL, (size, size))
 
 
 @lru_cache(maxsize=None)
 def character_picture(index: int) -> Image.Image:
-    return picture(2000 + index % POOL, CHARACTER_SIZE)
+    return picture(2000 + index % POOL, (CHARACTER_SIZE, CHARACTER_SIZE))
 
 
 @lru_cache(maxsize=None)
 def b64png(kind: str, index: int, size: int = SIZE) -> str:
-    image = page_picture(index, size) if kind == "page" else character_picture(index)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+    return png_b64(page_picture(index, size) if kind == "page" else character_picture(index))
 
 
 def page_request(i: int, size: int = SIZE, characters: int = CHARACTERS, continuation: bool = True):

@@ -11,13 +11,6 @@ from pipeline.tiny import build_tiny_models
 from server import REPO, server_env
 
 
-def picture(seed: int, size=(256, 256)) -> Image.Image:
-    """A deterministic test picture: smooth colour blobs, so depth and encoders see structure, not pure noise."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    return Image.fromarray(coarse).resize(size, Image.BICUBIC)
-
-
 def psnr(a: Image.Image, b: Image.Image) -> float:
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)

@@ -16,7 +16,7 @@ import requests
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-from conftest import picture
+from bench.workload import picture
 from server import bentoml_serve, free_port, model_service_socket
 
 API_KEY = "test-key-0123456789"

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import picture, psnr
+from bench.workload import picture
+from conftest import psnr
 from pipeline import MAX_SEED, PageRequest, Profile, Settings
 from pipeline.depth import load_depth_estimator
 from pipeline.sources import MODEL_REPOS, PROFILES

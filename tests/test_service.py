@@ -16,7 +16,8 @@ import requests
 import yaml
 from PIL import Image
 
-from conftest import bentoml_cli, picture, psnr
+from bench.workload import picture, png_b64
+from conftest import bentoml_cli, psnr
 from server import bentoml_serve, free_port, model_service_socket, port_is_free
 
 # The Python client from the seed README (../shared/seed/000_333b071f23a24d57.txt), verbatim.
@@ -54,16 +55,10 @@ SEED_CLIENT = textwrap.dedent(
 )
 
 
-def b64png(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def payload(seed=7, prev=1, characters=(2, 3), prompt="a fox and a bear have a picnic"):
     return {
-        "prev_frame": b64png(picture(prev)) if prev is not None else None,
-        "characters": [b64png(picture(c, (96, 96))) for c in characters],
+        "prev_frame": png_b64(picture(prev)) if prev is not None else None,
+        "characters": [png_b64(picture(c, (96, 96))) for c in characters],
         "prompt": prompt,
         "seed": seed,
     }
