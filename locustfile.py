@@ -25,7 +25,7 @@ from collections import Counter
 from locust import HttpUser, between, events, task
 from PIL import Image
 
-from bench.workload import picture, png_b64
+from testkit.pictures import PROMPTS, picture, png_b64
 
 DEFAULT_MAX_P95_MS = 15_000.0
 DEFAULT_HEADLESS_RUN_TIME_S = 60
@@ -33,18 +33,6 @@ REQUEST_TIMEOUT_S = 130  # a little over the service's own 120 s request timeout
 PAGE_SIZE = (256, 256)
 CHARACTER_SIZE = (96, 96)
 POOL_SIZE = 8
-
-PROMPTS = [
-    "a fox and a bear have a picnic by the river, character 1 on the left, character 2 on the right",
-    "两个角色在花园中交谈，左边是角色1，右边是角色2",
-    "the little owl flies over the sleeping village under a big yellow moon",
-    "a girl and her dog find a door in an old oak tree",
-    "two friends build a boat out of leaves and sail across the pond",
-    "the dragon shares a cup of tea with the knight in a cosy kitchen",
-    "a rainy afternoon: everyone hides under a giant mushroom",
-    "the end: the friends wave goodbye as the sun goes down",
-]
-
 
 # Made once, when locust imports this file.
 PAGES = [png_b64(picture(1000 + i, PAGE_SIZE)) for i in range(POOL_SIZE)]

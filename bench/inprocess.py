@@ -27,12 +27,12 @@ def quiet_libraries() -> None:
 
 def load_generator(model_dir: Path):
     """Build the tiny weights (seconds, offline) and load them as the service does, on the CPU."""
-    from pipeline import ModelPaths, Profile, Settings, load_page_generator
+    from pipeline import ModelPaths, ModelSettings, Profile, load_page_generator
     from pipeline.tiny import build_tiny_models
 
     quiet_libraries()
     root = build_tiny_models(model_dir)
-    settings = Settings(profile=Profile.tiny, model_dir=root, device="cpu")
+    settings = ModelSettings(profile=Profile.tiny, model_dir=root, device="cpu")
     return load_page_generator(ModelPaths.under(root), settings)
 
 

@@ -69,7 +69,7 @@ def throughput(generator, servers: dict[str, str], rounds: int, per_client: int)
     inprocess = {batch: [0, 0.0] for batch in BATCHES}  # pages, seconds
     served = {name: {clients: {"wall_s": 0.0, "samples": []} for clients in CLIENTS} for name in servers}
     index = 20_000
-    for name, url in servers.items():  # one load of each size first: the batcher sees it before it counts
+    for url in servers.values():  # one load of each size first: the batcher sees it before it counts
         for clients in CLIENTS:
             concurrent_load(url, clients, 1, index)
             index += clients

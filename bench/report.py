@@ -34,7 +34,8 @@ def markdown(result: dict) -> str:
     lines = [
         f"# Picture Book benchmark ({'quick' if result['quick'] else 'full'} run, tiny profile)",
         "",
-        f"Measured {m['date']} on {m['cpu_count']} × {m['cpu_model']}, {m['ram_gb']} GB RAM, GPU: {m['gpu'] or 'none'}; "
+        f"Measured {m['date']} on {m['cpu_count']} × {m['cpu_model']}, {m['ram_gb']} GB RAM, "
+        f"GPU: {m['gpu'] or 'none'}; "
         f"torch {m['torch']}, diffusers {m['diffusers']}, bentoml {m['bentoml']}, Python {m['python']}; "
         f"commit {m['git_commit'] or '?'}; load average at start {m['load_average_at_start']}, "
         f"at end {m.get('load_average_at_end')}; "
@@ -46,7 +47,9 @@ def markdown(result: dict) -> str:
         "",
         "| | 1 | 2 | 4 | 8 |",
         "| --- | --- | --- | --- | --- |",
-        "| in-process, batch size | " + " | ".join(_fmt(result["inprocess_pages_per_s"].get(str(b))) for b in (1, 2, 4, 8)) + " |",
+        "| in-process, batch size | "
+        + " | ".join(_fmt(result["inprocess_pages_per_s"].get(str(b))) for b in (1, 2, 4, 8))
+        + " |",
     ]
     for config in ("batching_on", "batching_off"):
         served = result["served_pages_per_s"][config]
@@ -78,7 +81,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| `{key}` | {_fmt(check['value'])} | {check['target']} | {met} | {check['meaning']} |")
     lines += [
         f"| `batching_gain_inprocess` | {_fmt(result['batching_gain_inprocess'])} | | | in-process batch 8 / batch 1 |",
-        f"| `batching_gain_served` | {_fmt(result['batching_gain_served'])} | | | served 8 clients, batching on / off |",
+        f"| `batching_gain_served` | {_fmt(result['batching_gain_served'])} | | "
+        "| served 8 clients, batching on / off |",
         f"| `http_overhead_ratio_no_batcher` | {_fmt(result['http_overhead_ratio_no_batcher'])} | | | "
         "HTTP latency (batching-off server) / in-process latency, one page alone |",
         "",

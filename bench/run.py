@@ -21,8 +21,22 @@ BUSY_LOAD = 0.5  # 1-minute load average above which other work is competing for
 PARAMS = {
     # repeats of a single-page latency in the shape tables; pages per in-process throughput point there (256 px and
     # smaller; 512 px); pairs of (in-process, HTTP) single pages; alternating rounds; requests per client per round.
-    "quick": {"latency_repeats": 3, "throughput_pages": 8, "large_pages": 8, "http_repeats": 5, "rounds": 2, "per_client": 1},
-    "full": {"latency_repeats": 9, "throughput_pages": 32, "large_pages": 16, "http_repeats": 15, "rounds": 6, "per_client": 2},
+    "quick": {
+        "latency_repeats": 3,
+        "throughput_pages": 8,
+        "large_pages": 8,
+        "http_repeats": 5,
+        "rounds": 2,
+        "per_client": 1,
+    },
+    "full": {
+        "latency_repeats": 9,
+        "throughput_pages": 32,
+        "large_pages": 16,
+        "http_repeats": 15,
+        "rounds": 6,
+        "per_client": 2,
+    },
 }
 SERVERS = {"batching_on": 8, "batching_off": 1}  # PICTUREBOOK_MAX_BATCH_SIZE
 
@@ -89,7 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
         "latency_breakdown_ms": latency["breakdown_ms"],
         "latency_samples_ms": latency["samples_ms"],
         "http_overhead_ratio": ratio(latency["medians_ms"]["batching_on"], latency["medians_ms"]["inprocess"]),
-        "http_overhead_ratio_no_batcher": ratio(latency["medians_ms"]["batching_off"], latency["medians_ms"]["inprocess"]),
+        "http_overhead_ratio_no_batcher": ratio(
+            latency["medians_ms"]["batching_off"], latency["medians_ms"]["inprocess"]
+        ),
         "served_over_inprocess_b8": ratio(served_pages["batching_on"][8], local[8]),
         "batching_gain_served": gain_served,
         "batching_gain_inprocess": gain_inprocess,

@@ -14,7 +14,7 @@ import requests
 
 from bench.common import median
 from bench.workload import payload
-from tests.server import REPO, bentoml_serve, free_port, server_env
+from testkit.server import REPO, bentoml_serve, free_port, server_env
 
 REQUEST_TIMEOUT_S = 180
 RSS_SAMPLE_S = 0.2
@@ -23,7 +23,7 @@ RSS_SAMPLE_S = 0.2
 def prepare_store(bentoml_home: Path) -> None:
     """Put the tiny weights in the model store first, so every start below measures the same (warm) path."""
     run = subprocess.run(
-        [sys.executable, "-m", "bento_models", "import", "--profile", "tiny"],
+        [sys.executable, "-m", "serving.bento_models", "import", "--profile", "tiny"],
         cwd=REPO,
         env=server_env(bentoml_home),
         capture_output=True,
@@ -31,7 +31,7 @@ def prepare_store(bentoml_home: Path) -> None:
         timeout=600,
     )
     if run.returncode != 0:
-        raise RuntimeError(f"python -m bento_models import failed ({run.returncode}): {run.stderr[-2000:]}")
+        raise RuntimeError(f"python -m serving.bento_models import failed ({run.returncode}): {run.stderr[-2000:]}")
 
 
 class PeakRss(threading.Thread):

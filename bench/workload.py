@@ -6,56 +6,29 @@ differ by prompt, seed and pictures (drawn from small pools, as a book reuses it
 
 from __future__ import annotations
 
-import base64
-import io
-from functools import lru_cache
+from functools import cache
 
-import numpy as np
 from PIL import Image
+
+from testkit.pictures import PROMPTS, picture, png_b64
 
 SIZE = 256
 CHARACTERS = 1
 CHARACTER_SIZE = 96
 POOL = 8
 
-PROMPTS = [
-    "a fox and a bear have a picnic by the river, character 1 on the left, character 2 on the right",
-    "the little owl flies over the sleeping village under a big yellow moon",
-    "a girl and her dog find a door in an old oak tree",
-    "two friends build a boat out of leaves and sail across the pond",
-    "the dragon shares a cup of tea with the knight in a cosy kitchen",
-    "a rainy afternoon: everyone hides under a giant mushroom",
-    "the friends climb a hill to watch the kites",
-    "the end: the friends wave goodbye as the sun goes down",
-]
 
-
-def picture(seed: int, size: tuple[int, int] = (SIZE, SIZE)) -> Image.Image:
-    """A deterministic picture of smooth colour blobs: structure for the depth model and the image encoder, not pure
-    noise. The tests, the load test and the benchmark all draw their inputs with it."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    return Image.fromarray(coarse).resize(size, Image.BICUBIC)
-
-
-def png_b64(image: Image.Image) -> str:
-    """An image as a client sends it: PNG, base64."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-@lru_cache(maxsize=None)
+@cache
 def page_picture(index: int, size: int) -> Image.Image:
     return picture(1000 + index % POOL, (size, size))
 
 
-@lru_cache(maxsize=None)
+@cache
 def character_picture(index: int) -> Image.Image:
     return picture(2000 + index % POOL, (CHARACTER_SIZE, CHARACTER_SIZE))
 
 
-@lru_cache(maxsize=None)
+@cache
 def b64png(kind: str, index: int, size: int = SIZE) -> str:
     return png_b64(page_picture(index, size) if kind == "page" else character_picture(index))
 

@@ -1,21 +1,37 @@
-"""The model half of Picture Book: SDXL + depth ControlNet + face/style IP-Adapters. No BentoML here."""
+"""The model half of Picture Book: SDXL + depth ControlNet + face/style IP-Adapters. No BentoML here.
 
-from .config import Profile, Settings
-from .generator import MAX_CHARACTERS, MAX_SEED, GenerationInterrupted, PageError, PageGenerator, PageRequest, PageResult
-from .loading import ModelPaths, load_from_settings, load_page_generator, resolve_model_paths
+Names that need torch are imported on first use, so the serving side can read `pipeline.page` and
+`pipeline.config` (what a page is, which profile) without loading torch.
+"""
+
+from importlib import import_module
+
+from .config import ModelSettings, Profile
+from .faults import FaultSettings
+from .page import MAX_CHARACTERS, MAX_SEED, ErrorKind, PageRequest
+
+_NEEDS_TORCH = {
+    "GenerationInterrupted": ".generator",
+    "PageError": ".generator",
+    "PageGenerator": ".generator",
+    "PageResult": ".generator",
+    "ModelPaths": ".loading",
+    "load_page_generator": ".loading",
+}
 
 __all__ = [
     "MAX_CHARACTERS",
     "MAX_SEED",
-    "GenerationInterrupted",
-    "ModelPaths",
-    "PageError",
-    "PageGenerator",
+    "ErrorKind",
+    "FaultSettings",
+    "ModelSettings",
     "PageRequest",
-    "PageResult",
     "Profile",
-    "Settings",
-    "load_from_settings",
-    "load_page_generator",
-    "resolve_model_paths",
+    *_NEEDS_TORCH,
 ]
+
+
+def __getattr__(name: str):
+    if name in _NEEDS_TORCH:
+        return getattr(import_module(_NEEDS_TORCH[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,14 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image
-from torch import nn
-
 from controlnet_aux import MidasDetector
 from controlnet_aux.midas.midas import vit as midas_vit
 from controlnet_aux.midas.midas.base_model import BaseModel
 from controlnet_aux.midas.midas.blocks import Interpolate, _make_scratch
 from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel, _make_fusion_block
+from PIL import Image
+from torch import nn
 
 
 class TinyDPTDepthModel(DPTDepthModel):
@@ -71,7 +70,7 @@ def build_depth_network(architecture: str) -> nn.Module:
     return ARCHITECTURES[architecture]()
 
 
-def load_depth_estimator(checkpoint: Path, architecture: str, device: str) -> "DepthEstimator":
+def load_depth_estimator(checkpoint: Path, architecture: str, device: str) -> DepthEstimator:
     network = build_depth_network(architecture)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     network.load_state_dict(state, strict=True)

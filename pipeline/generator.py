@@ -10,33 +10,13 @@ from dataclasses import dataclass, field, replace
 import torch
 from PIL import Image
 
-from .config import Settings
+from .config import ModelSettings
 from .embeddings import ImageEmbedder
+from .faults import FaultSettings
+from .page import MAX_SEED, ErrorKind, PageRequest, check_request
 from .sources import ProfileSpec
 
 log = logging.getLogger(__name__)
-
-MAX_SEED = 2**32 - 1
-MAX_CHARACTERS = 4
-MAX_STEPS = 100
-
-
-@dataclass(frozen=True)
-class PageRequest:
-    prompt: str
-    prev_frame: Image.Image | None = None
-    characters: tuple[Image.Image, ...] = ()
-    seed: int | None = None
-    negative_prompt: str = ""
-    width: int | None = None
-    height: int | None = None
-    steps: int | None = None
-    guidance_scale: float | None = None
-    deadline: float | None = None  # wall-clock time (time.time()) after which nobody waits for this page
-
-    def group_key(self) -> tuple:
-        """Requests with the same key run in one diffusion call (the pipeline takes these per call, not per item)."""
-        return (self.width, self.height, self.steps, self.guidance_scale, len(self.characters), self.prev_frame is not None)
 
 
 @dataclass
@@ -54,7 +34,7 @@ class PageResult:
 
 @dataclass(frozen=True)
 class PageError:
-    kind: str  # "out_of_memory" | "timeout" | "internal"
+    kind: ErrorKind
     message: str
 
 
@@ -63,11 +43,12 @@ class GenerationInterrupted(RuntimeError):
 
 
 class PageGenerator:
-    def __init__(self, pipe, depth, settings: Settings, spec: ProfileSpec):
+    def __init__(self, pipe, depth, settings: ModelSettings, spec: ProfileSpec, faults: FaultSettings | None = None):
         self.pipe = pipe
         self.depth = depth
         self.settings = settings
         self.spec = spec
+        self.faults = faults or FaultSettings()
         self.embedder = ImageEmbedder(pipe.image_encoder, pipe.feature_extractor, settings.embedding_cache_size)
 
     @property
@@ -99,7 +80,7 @@ class PageGenerator:
             try:
                 resolved[index] = self.with_defaults(request)
             except ValueError as error:
-                results[index] = PageResult(None, request.seed or 0, 0, error=PageError("invalid", str(error)))
+                results[index] = PageResult(None, request.seed or 0, 0, error=PageError(ErrorKind.invalid, str(error)))
         groups: dict[tuple, list[int]] = {}
         for index, request in resolved.items():
             groups.setdefault(request.group_key(), []).append(index)
@@ -115,26 +96,22 @@ class PageGenerator:
             self._release_accelerator_memory()
             if len(requests) == 1:
                 log.warning("out of memory on a single %sx%s page", requests[0].width, requests[0].height)
-                return _failed(requests, "out_of_memory", "the page does not fit in accelerator memory")
+                return _failed(requests, ErrorKind.out_of_memory, "the page does not fit in accelerator memory")
             half = len(requests) // 2
-            log.warning("out of memory on a batch of %d pages; retrying as %d + %d", len(requests), half, len(requests) - half)
+            log.warning(
+                "out of memory on a batch of %d pages; retrying as %d + %d", len(requests), half, len(requests) - half
+            )
             return self._generate_isolated(requests[:half]) + self._generate_isolated(requests[half:])
         except GenerationInterrupted as stop:
             log.warning("%d page(s) %s", len(requests), stop)
-            return _failed(requests, "timeout", str(stop))
+            return _failed(requests, ErrorKind.timeout, str(stop))
         except Exception:
             log.exception("drawing %d page(s) failed", len(requests))
-            return _failed(requests, "internal", "the page could not be drawn")
+            return _failed(requests, ErrorKind.internal, "the page could not be drawn")
 
     def _release_accelerator_memory(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-
-    def _inject_faults(self, requests: list[PageRequest]) -> None:
-        """Test-only failures from configuration (PICTUREBOOK_FAULT_*); nothing happens when they are unset."""
-        limit, marker = self.settings.fault_oom_batch_over, self.settings.fault_oom_prompt_marker
-        if (limit is not None and len(requests) > limit) or (marker and any(marker in r.prompt for r in requests)):
-            raise torch.OutOfMemoryError(f"injected out-of-memory for a call of {len(requests)} page(s)")
 
     @torch.inference_mode()
     def generate_group(self, requests: list[PageRequest]) -> list[PageResult]:
@@ -177,7 +154,7 @@ class PageGenerator:
                 raise GenerationInterrupted(f"timed out; stopped after step {step + 1} of {first.steps}")
             return callback_kwargs
 
-        self._inject_faults(requests)
+        self.faults.inject([request.prompt for request in requests])
         started = time.perf_counter()
         output = self.pipe(
             prompt=[request.prompt for request in requests],
@@ -219,24 +196,10 @@ class PageGenerator:
         return self._with_negatives([embedding.unsqueeze(0) for embedding in encoded])
 
 
-def _failed(requests: list[PageRequest], kind: str, message: str) -> list[PageResult]:
+def _failed(requests: list[PageRequest], kind: ErrorKind, message: str) -> list[PageResult]:
     return [
         PageResult(image=None, seed=r.seed, batch_size=len(requests), error=PageError(kind, message)) for r in requests
     ]
-
-
-def check_request(request: PageRequest, spec: ProfileSpec) -> None:
-    """Raise ValueError naming the field when a resolved request cannot be drawn."""
-    for name in ("width", "height"):
-        value = getattr(request, name)
-        if value % 8 or not 64 <= value <= spec.max_side:
-            raise ValueError(f"{name}: must be a multiple of 8 between 64 and {spec.max_side}, got {value}")
-    if not 1 <= request.steps <= MAX_STEPS:
-        raise ValueError(f"steps: must be between 1 and {MAX_STEPS}, got {request.steps}")
-    if not 0 <= request.seed <= MAX_SEED:
-        raise ValueError(f"seed: must be between 0 and {MAX_SEED}, got {request.seed}")
-    if len(request.characters) > MAX_CHARACTERS:
-        raise ValueError(f"characters: at most {MAX_CHARACTERS} pictures, got {len(request.characters)}")
 
 
 def _ms_since(started: float) -> float:

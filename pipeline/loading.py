@@ -1,4 +1,4 @@
-"""The one loading path: resolve model folders for a profile, then load them the same way for `sdxl` and `tiny`."""
+"""The one loading path: model folders in their hub layout, loaded the same way for `sdxl` and `tiny`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Profile, Settings
+from .config import ModelSettings
 from .sources import (
     ADAPTER_SUBFOLDER,
     FACE_ADAPTER_WEIGHTS,
@@ -29,37 +29,11 @@ class ModelPaths:
     depth: Path
 
     @classmethod
-    def under(cls, root: Path) -> "ModelPaths":
+    def under(cls, root: Path) -> ModelPaths:
         return cls(**{key: Path(root) / repo.folder for key, repo in MODEL_REPOS.items()})
 
 
-def resolve_model_paths(settings: Settings) -> ModelPaths:
-    """Local folders for every model: `model_dir` if given, the tiny build, or the pinned hub snapshots."""
-    if settings.model_dir is not None:
-        return ModelPaths.under(settings.model_dir)
-    if settings.profile is Profile.tiny:
-        from .tiny import build_tiny_models
-
-        return ModelPaths.under(build_tiny_models(settings.tiny_dir))
-    return download_sdxl()
-
-
-def download_sdxl(cache_dir: Path | None = None) -> ModelPaths:
-    """Pinned snapshots of the real repositories (from the local cache when HF_HUB_OFFLINE=1)."""
-    from huggingface_hub import snapshot_download
-
-    folders = {
-        key: Path(
-            snapshot_download(
-                repo.repo_id, revision=repo.revision, allow_patterns=list(repo.include), cache_dir=cache_dir
-            )
-        )
-        for key, repo in MODEL_REPOS.items()
-    }
-    return ModelPaths(**folders)
-
-
-def load_page_generator(paths: ModelPaths, settings: Settings):
+def load_page_generator(paths: ModelPaths, settings: ModelSettings):
     from diffusers import AutoencoderKL, ControlNetModel
 
     from . import speedups
@@ -105,7 +79,7 @@ def warm_up(generator) -> None:
     """Draw throw-away pages of every group shape, so compilation happens before the first user arrives."""
     from PIL import Image
 
-    from .generator import PageRequest
+    from .page import PageRequest
 
     blank = Image.new("RGB", (64, 64), (128, 128, 128))
     started = time.perf_counter()
@@ -116,8 +90,3 @@ def warm_up(generator) -> None:
         ]
     )
     log.info("warm-up took %.1f s", time.perf_counter() - started)
-
-
-def load_from_settings(settings: Settings | None = None):
-    settings = settings or Settings()
-    return load_page_generator(resolve_model_paths(settings), settings)

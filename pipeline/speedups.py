@@ -18,19 +18,19 @@ from diffusers.models.attention_processor import (
     IPAdapterAttnProcessor2_0,
 )
 
-from .config import Settings
+from .config import ModelSettings
 
 log = logging.getLogger(__name__)
 ADAPTER_PROCESSORS = (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)
 
 
-def before_adapters(pipe, settings: Settings) -> None:
+def before_adapters(pipe, settings: ModelSettings) -> None:
     processor = AttnProcessor2_0 if settings.attention == "sdpa" else AttnProcessor
     for model in (pipe.unet, pipe.controlnet):
         model.set_attn_processor(processor())
 
 
-def after_adapters(pipe, settings: Settings) -> None:
+def after_adapters(pipe, settings: ModelSettings) -> None:
     if settings.fuse_qkv:
         fuse_qkv_keeping_adapters(pipe.unet)
         fuse_qkv_keeping_adapters(pipe.controlnet)

@@ -2,20 +2,11 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from pipeline import ModelPaths, Profile, Settings, load_page_generator
+from pipeline import ModelPaths, ModelSettings, Profile, load_page_generator
 from pipeline.tiny import build_tiny_models
-from server import REPO, server_env
-
-
-def psnr(a: Image.Image, b: Image.Image) -> float:
-    x = np.asarray(a, dtype=np.float64)
-    y = np.asarray(b, dtype=np.float64)
-    mse = float(((x - y) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+from testkit.server import REPO, server_env
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +16,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_settings(tiny_dir):
-    return Settings(profile=Profile.tiny, model_dir=tiny_dir, device="cpu")
+    return ModelSettings(profile=Profile.tiny, model_dir=tiny_dir, device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -53,5 +44,3 @@ def built_bento(bentoml_home):
     """`PICTUREBOOK_PROFILE=tiny bentoml build`, offline: (tag, bento folder)."""
     tag = re.search(r"picturebook:\w+", bentoml_cli(bentoml_home, "build", "--output", "tag")).group(0)
     return tag, bentoml_home / "bentos" / "picturebook" / tag.split(":")[1]
-
-

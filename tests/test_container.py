@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import yaml
 
 
@@ -24,7 +23,9 @@ def test_image_is_cuda_capable_with_matching_python(dockerfile, built_bento):
     assert "python3.11" in dockerfile
     manifest = yaml.safe_load((built_bento[1] / "bento.yaml").read_text())
     requirements = (built_bento[1] / "env" / "python" / "requirements.txt").read_text()
-    assert re.search(r"^torch==2\.14\.1$", requirements, re.M) and re.search(r"^torchvision==0\.29\.1$", requirements, re.M)
+    assert re.search(r"^torch==2\.14\.1$", requirements, re.M) and re.search(
+        r"^torchvision==0\.29\.1$", requirements, re.M
+    )
     assert manifest["name"] == "picturebook"
 
 

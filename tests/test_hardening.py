@@ -13,11 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from bench.workload import picture
-from server import bentoml_serve, free_port, model_service_socket
+from testkit.pictures import picture
+from testkit.server import bentoml_serve, free_port, model_service_socket
 
 API_KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -128,14 +129,18 @@ def test_malformed_and_non_object_json_are_4xx(hardened):
 def test_body_too_large_is_413_without_being_read(hardened):
     url, _ = hardened
     big = json.dumps(good(prompt="x", prev_frame="A" * 3_000_000)).encode()
-    response = requests.post(f"{url}/generate", data=big, headers={**AUTH, "Content-Type": "application/json"}, timeout=30)
+    response = requests.post(
+        f"{url}/generate", data=big, headers={**AUTH, "Content-Type": "application/json"}, timeout=30
+    )
     assert response.status_code == 413
 
     def chunks():  # no Content-Length: counted as it arrives
         for _ in range(40):
             yield b"A" * 100_000
 
-    response = requests.post(f"{url}/generate", data=chunks(), headers={**AUTH, "Content-Type": "application/json"}, timeout=30)
+    response = requests.post(
+        f"{url}/generate", data=chunks(), headers={**AUTH, "Content-Type": "application/json"}, timeout=30
+    )
     assert response.status_code == 413
 
 
@@ -238,17 +243,26 @@ FIELDS = {
 }
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(body=st.fixed_dictionaries({}, optional=FIELDS))
 def test_fuzzed_requests_never_get_a_5xx(hardened, body):
     url, _ = hardened
     try:
         response = requests.post(
-            f"{url}/generate", data=json.dumps(body, allow_nan=True), headers={**AUTH, "Content-Type": "application/json"}, timeout=60
+            f"{url}/generate",
+            data=json.dumps(body, allow_nan=True),
+            headers={**AUTH, "Content-Type": "application/json"},
+            timeout=60,
         )
     except ValueError:
         return
-    assert response.status_code < 500 or response.status_code in (503, 504), (body, response.status_code, response.text[:300])
+    assert response.status_code < 500 or response.status_code in (503, 504), (
+        body,
+        response.status_code,
+        response.text[:300],
+    )
 
 
 def test_sigterm_lets_in_flight_pages_finish(tmp_path, bentoml_home):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import ImageInputError, decode_image
+from serving.images import ImageInputError, decode_image
 
 LIMITS = {"max_bytes": 1_000_000, "max_pixels": 4_000_000}
 
@@ -48,7 +48,7 @@ def test_exif_orientation_is_applied():
         lambda: gradient().convert("RGBA"),
         lambda: gradient().convert("LA"),
         lambda: gradient().convert("L"),
-        lambda: Image.fromarray((np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20)),  # 16-bit grey
+        lambda: Image.fromarray(np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20),  # 16-bit grey
     ],
     ids=["palette", "rgba", "grey-alpha", "grey", "16-bit"],
 )

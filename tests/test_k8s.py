@@ -16,7 +16,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from pipeline import Settings
+from pipeline import ModelSettings
+from serving.settings import ServingSettings, environment_knobs
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERLAYS = {"base": ROOT / "deploy" / "k8s", "dev": ROOT / "deploy" / "k8s-dev"}
@@ -222,7 +223,7 @@ def test_the_configmap_is_what_the_container_reads_and_the_service_accepts(rende
     assert referenced == [config_name], "the container must take its environment from the rendered ConfigMap"
 
     config = rendered.config
-    knobs = {f"PICTUREBOOK_{name.upper()}" for name in Settings.model_fields}
+    knobs = set(environment_knobs())
     assert {k for k in config if k.startswith("PICTUREBOOK_")} <= knobs, "a misspelt knob would be silently ignored"
     assert config["HF_HUB_OFFLINE"] == "1"
     assert "PICTUREBOOK_API_KEY" not in config, "the key comes from a Secret, never a ConfigMap"
@@ -231,8 +232,9 @@ def test_the_configmap_is_what_the_container_reads_and_the_service_accepts(rende
         monkeypatch.delenv(key, raising=False)
     for key, value in config.items():
         monkeypatch.setenv(key, value)
-    settings = Settings()  # the service's own parsing: a value it would refuse at start-up fails here
-    assert settings.profile.value == {"base": "sdxl", "dev": "tiny"}[rendered.name]
+    # The service's own parsing: a value it would refuse at start-up fails here.
+    settings = ServingSettings()
+    assert ModelSettings().profile.value == {"base": "sdxl", "dev": "tiny"}[rendered.name]
     assert (settings.max_batch_size, settings.max_latency_ms) == (4, 60000)
     assert (settings.request_timeout_s, settings.max_concurrency) == (120, 16)
     assert settings.port == PORT == container_port(rendered.container, "http")
@@ -250,7 +252,7 @@ def test_service_links_cannot_override_the_port_setting(rendered):
     # With service links, the Service `picturebook` injects PICTUREBOOK_PORT=tcp://<ip>:80 into the pod, which
     # the service's settings read as its port (env prefix PICTUREBOOK_) and reject.
     service_env = rendered.one("Service")["metadata"]["name"].upper().replace("-", "_") + "_PORT"
-    assert service_env in {f"PICTUREBOOK_{name.upper()}" for name in Settings.model_fields}
+    assert service_env in environment_knobs()
     assert rendered.pod.get("enableServiceLinks") is False
 
 

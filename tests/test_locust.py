@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from server import REPO, bentoml_serve, free_port
+from testkit.server import REPO, bentoml_serve, free_port
 
 RUN_TIME_S = 8
 

@@ -10,16 +10,18 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from bench.workload import picture
-from conftest import psnr
-from pipeline import MAX_SEED, PageRequest, Profile, Settings
+from pipeline import MAX_SEED, FaultSettings, ModelSettings, PageRequest, Profile
 from pipeline.depth import load_depth_estimator
 from pipeline.sources import MODEL_REPOS, PROFILES
+from testkit.pictures import picture, psnr
 
-SEEN_AT_LEAST_DB = 40.0
-# Random tiny weights react weakly to some inputs (a changed prompt moves the page by ~40 dB), while numerical
-# jitter between batch shapes stays above 80 dB and a repeat is identical: below 60 dB is a real change.
-CHANGED_BELOW_DB = 60.0
+# The tiny weights are built so that each input alone moves the page strongly: measured on the 2-core CPU machine
+# (2026-11-25, test_each_input_changes_the_page), a new prompt gives 22.7 dB, a new seed 14.2 dB, a new previous
+# page 19.9 dB, one new character picture 20.5 dB. Numerical jitter between batch shapes (one page alone vs inside a
+# batch) measured ~84 dB there. So a page within 60 dB of another is the same page, and one mixed-up input between
+# batch-mates (at most ~23 dB) cannot hide.
+SEEN_AT_LEAST_DB = 60.0
+CHANGED_BELOW_DB = 25.0
 
 
 def page(generator, request):
@@ -69,11 +71,7 @@ def test_loaded_pipeline_has_both_adapters_sharing_one_encoder(generator):
 
 
 def test_adapter_scales_after_loading_are_face_07_style_04(generator):
-    scales = {
-        tuple(proc.scale)
-        for proc in generator.pipe.unet.attn_processors.values()
-        if hasattr(proc, "to_k_ip")
-    }
+    scales = {tuple(proc.scale) for proc in generator.pipe.unet.attn_processors.values() if hasattr(proc, "to_k_ip")}
     assert scales == {(0.7, 0.4)}
 
 
@@ -111,7 +109,7 @@ def test_pipeline_imports_without_bentoml():
 
 
 def test_sdxl_is_the_default_profile_with_pinned_revisions():
-    settings = Settings(_env_file=None)
+    settings = ModelSettings(_env_file=None)
     assert settings.profile is Profile.sdxl
     for repo in MODEL_REPOS.values():
         assert re.fullmatch(r"[0-9a-f]{40}", repo.revision), repo
@@ -123,9 +121,9 @@ def test_sdxl_is_the_default_profile_with_pinned_revisions():
 
 
 def test_dtype_is_fp16_on_cuda_and_fp32_on_cpu():
-    assert Settings(device="cuda").torch_dtype is torch.float16
-    assert Settings(device="cpu").torch_dtype is torch.float32
-    assert Settings(device="cuda", dtype="bfloat16").torch_dtype is torch.bfloat16
+    assert ModelSettings(device="cuda").torch_dtype is torch.float16
+    assert ModelSettings(device="cpu").torch_dtype is torch.float32
+    assert ModelSettings(device="cuda", dtype="bfloat16").torch_dtype is torch.bfloat16
 
 
 def test_sdxl_depth_network_builds_offline():
@@ -233,15 +231,14 @@ def test_invalid_settings_are_refused_naming_the_field(generator, field, change)
 # --- failures stay with the requests they concern -----------------------------------------------------------
 
 
-def generator_with(generator, **overrides):
+def generator_with(generator, **faults):
     from pipeline import PageGenerator
 
-    settings = generator.settings.model_copy(update=overrides)
-    return PageGenerator(generator.pipe, generator.depth, settings, generator.spec)
+    return PageGenerator(generator.pipe, generator.depth, generator.settings, generator.spec, FaultSettings(**faults))
 
 
 def test_out_of_memory_splits_the_batch_and_retries(generator):
-    small_memory = generator_with(generator, fault_oom_batch_over=1)
+    small_memory = generator_with(generator, oom_batch_over=1)
     requests = [continuation(prompt=f"page {i}", prev=i, characters=(i + 10,), seed=i) for i in range(3)]
     results = small_memory.generate(requests)
     assert all(r.ok for r in results)
@@ -251,7 +248,7 @@ def test_out_of_memory_splits_the_batch_and_retries(generator):
 
 
 def test_a_page_that_never_fits_fails_alone(generator):
-    flaky = generator_with(generator, fault_oom_prompt_marker="GIGANTIC")
+    flaky = generator_with(generator, oom_prompt_marker="GIGANTIC")
     requests = [continuation(prompt="fine", seed=1), continuation(prompt="GIGANTIC page", seed=2), continuation(seed=3)]
     fine, huge, also_fine = flaky.generate(requests)
     assert huge.image is None and huge.error.kind == "out_of_memory"
@@ -320,5 +317,5 @@ def test_cpu_offload_needs_cuda(tiny_dir, tiny_settings):
 
 
 def test_channels_last_is_on_by_default_only_with_cuda():
-    assert Settings(device="cpu").channels_last is None  # auto
-    assert not Settings(device="cpu").on_cuda and Settings(device="cuda:0").on_cuda
+    assert ModelSettings(device="cpu").channels_last is None  # auto
+    assert not ModelSettings(device="cpu").on_cuda and ModelSettings(device="cuda:0").on_cuda

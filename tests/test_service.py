@@ -14,15 +14,15 @@ import bentoml
 import pytest
 import requests
 import yaml
+from conftest import bentoml_cli
 from PIL import Image
 
-from bench.workload import picture, png_b64
-from conftest import bentoml_cli, psnr
-from server import bentoml_serve, free_port, model_service_socket, port_is_free
+from testkit.pictures import picture, png_b64, psnr
+from testkit.server import bentoml_serve, free_port, model_service_socket, port_is_free
 
 # The Python client from the seed README (../shared/seed/000_333b071f23a24d57.txt), verbatim.
 SEED_CLIENT = textwrap.dedent(
-    '''
+    """
     import requests
     import base64
 
@@ -51,7 +51,7 @@ SEED_CLIENT = textwrap.dedent(
         img_data = base64.b64decode(result["img"])
         with open("generated_scene.png", "wb") as f:
             f.write(img_data)
-    '''
+    """
 )
 
 
@@ -154,10 +154,11 @@ def test_concurrent_requests_are_merged_into_batches(served):
     assert pages == 8
     assert batches < 8, "the adaptive batcher ran every request alone"
     assert max(r.json()["batch_size"] for r in responses) > 1
-    # A batched page is the page its request gets alone.
+    # A batched page is the page its request gets alone. Batch-mates differ in every input, and one input changed
+    # moves a tiny page below 25 dB; solo-vs-batched jitter is ~84 dB (tests/test_pipeline.py has the figures).
     alone = decode_page(post(served, bodies[3]).json()["img"])
     together = decode_page(responses[3].json()["img"])
-    assert psnr(alone, together) >= 40
+    assert psnr(alone, together) >= 60
 
 
 def test_no_request_is_lost_past_the_model_clients_hundredth_call(served):
@@ -213,6 +214,8 @@ def test_bentoml_build_packs_the_tiny_models(tmp_path, bentoml_home, built_bento
     assert envs["PICTUREBOOK_PROFILE"]["value"] == "tiny"
     assert envs["HF_HUB_OFFLINE"]["value"] == "1" and envs["HF_HUB_OFFLINE"]["stage"] == "runtime"
     assert not list((bento_dir / "src").rglob("test_*.py")), "tests were packed into the bento"
+    assert not (bento_dir / "src" / "testkit").exists(), "test support was packed into the bento"
+    assert (bento_dir / "src" / "serving" / "schemas.py").is_file()
     # The exported bento (what is shipped and what containerize builds from) carries the weights themselves.
     archive = tmp_path / "picturebook.bento"
     bentoml_cli(bentoml_home, "export", tag, str(archive))
@@ -227,7 +230,9 @@ def test_model_service_refuses_pickled_bodies(served):
 
     import httpx
 
-    with httpx.Client(transport=httpx.HTTPTransport(uds=model_service_socket(served)), base_url="http://model") as model:
+    with httpx.Client(
+        transport=httpx.HTTPTransport(uds=model_service_socket(served)), base_url="http://model"
+    ) as model:
         refused = model.post(
             "/draw", content=pickle.dumps({"jobs": []}), headers={"Content-Type": "application/vnd.bentoml+pickle"}
         )

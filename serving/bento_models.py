@@ -1,7 +1,7 @@
 """BentoML model-store wiring for the weights: which models a bento carries, and how they get into the store.
 
-    python -m bento_models import --profile tiny            # build the tiny weights into the store (offline)
-    python -m bento_models import --profile sdxl --from DIR # import pre-downloaded sdxl folders (offline bento)
+    python -m serving.bento_models import --profile tiny            # build the tiny weights into the store (offline)
+    python -m serving.bento_models import --profile sdxl --from DIR # import pre-downloaded sdxl folders (offline bento)
 
 DIR holds one folder per model repository in its hub layout (the same layout as PICTUREBOOK_MODEL_DIR).
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import bentoml
 
-from pipeline import ModelPaths, Profile, Settings
+from pipeline.config import ModelSettings, Profile
+from pipeline.loading import ModelPaths
 from pipeline.sources import MODEL_REPOS
-from pipeline.tiny import build_tiny_models
 
 STORE_NAMES = {Profile.tiny: "picturebook-tiny", Profile.sdxl: "picturebook-sdxl"}
 
@@ -42,25 +42,27 @@ def ensure_tiny_in_store() -> bentoml.Model:
     try:
         return bentoml.models.get(f"{STORE_NAMES[Profile.tiny]}:latest")
     except bentoml.exceptions.NotFound:
+        from pipeline.tiny import build_tiny_models  # torch: only when the store lacks them
+
         with tempfile.TemporaryDirectory() as scratch:
             return import_model_dir(build_tiny_models(Path(scratch) / "tiny"), Profile.tiny)
 
 
-def declared_models(settings: Settings) -> dict[str, object]:
+def declared_models(settings: ModelSettings, bento_model: str | None) -> dict[str, object]:
     """Class attributes for the model service: the models `bentoml build` packs into the bento."""
     if settings.model_dir is not None:
         return {}  # a local folder, used as is and not packed
     if settings.profile is Profile.tiny:
         return {"stored_models": bentoml.models.BentoModel(ensure_tiny_in_store().tag)}
-    if settings.bento_model:
-        return {"stored_models": bentoml.models.BentoModel(settings.bento_model)}
+    if bento_model:
+        return {"stored_models": bentoml.models.BentoModel(bento_model)}
     return {
         f"hf_{key}": bentoml.models.HuggingFaceModel(repo.repo_id, revision=repo.revision, include=list(repo.include))
         for key, repo in MODEL_REPOS.items()
     }
 
 
-def model_paths(service: object, settings: Settings) -> ModelPaths:
+def model_paths(service: object, settings: ModelSettings) -> ModelPaths:
     """Local folders of the declared models, resolved at start-up (never at request time)."""
     if settings.model_dir is not None:
         return ModelPaths.under(settings.model_dir)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 Scope = dict
 Receive = Callable[[], Awaitable[dict]]

@@ -1,0 +1,75 @@
+"""What a valid page is: its fields, their bounds, and how a page can fail. No torch here.
+
+The HTTP schema (serving/schemas.py) takes its bounds from these constants and the pipeline checks resolved requests
+with `check_request`, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .sources import ProfileSpec
+
+MAX_SEED = 2**32 - 1
+MAX_CHARACTERS = 4
+MAX_STEPS = 100
+MIN_SIDE = 64
+SIDE_MULTIPLE = 8  # the VAE downsamples 8x
+MAX_GUIDANCE_SCALE = 30.0
+
+
+class ErrorKind(StrEnum):
+    """Why one page could not be drawn (its batch-mates are not affected). Closed: serving maps each to a status."""
+
+    invalid = "invalid"
+    timeout = "timeout"
+    out_of_memory = "out_of_memory"
+    internal = "internal"
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    prompt: str
+    prev_frame: Image.Image | None = None
+    characters: tuple[Image.Image, ...] = ()
+    seed: int | None = None
+    negative_prompt: str = ""
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    deadline: float | None = None  # wall-clock time (time.time()) after which nobody waits for this page
+
+    def group_key(self) -> tuple:
+        """Requests with the same key run in one diffusion call (the pipeline takes these per call, not per item)."""
+        return (
+            self.width,
+            self.height,
+            self.steps,
+            self.guidance_scale,
+            len(self.characters),
+            self.prev_frame is not None,
+        )
+
+
+def check_request(request: PageRequest, spec: ProfileSpec) -> None:
+    """Raise ValueError naming the field when a resolved request cannot be drawn."""
+    for name in ("width", "height"):
+        value = getattr(request, name)
+        if value % SIDE_MULTIPLE or not MIN_SIDE <= value <= spec.max_side:
+            raise ValueError(
+                f"{name}: must be a multiple of {SIDE_MULTIPLE} between {MIN_SIDE} and {spec.max_side}, got {value}"
+            )
+    if not 1 <= request.steps <= MAX_STEPS:
+        raise ValueError(f"steps: must be between 1 and {MAX_STEPS}, got {request.steps}")
+    if not 0 <= request.guidance_scale <= MAX_GUIDANCE_SCALE:
+        raise ValueError(f"guidance_scale: must be between 0 and {MAX_GUIDANCE_SCALE}, got {request.guidance_scale}")
+    if not 0 <= request.seed <= MAX_SEED:
+        raise ValueError(f"seed: must be between 0 and {MAX_SEED}, got {request.seed}")
+    if len(request.characters) > MAX_CHARACTERS:
+        raise ValueError(f"characters: at most {MAX_CHARACTERS} pictures, got {len(request.characters)}")

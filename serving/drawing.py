@@ -1,0 +1,63 @@
+"""The front's work for one page: decode and check the request's pictures, hand the page to the model service,
+and turn its answer into the HTTP response."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import bentoml
+from starlette.responses import JSONResponse
+
+from .errors import field_error, overloaded, page_error
+from .images import ImageInputError, decode_image, encode_png
+from .model_client import ModelClient
+from .schemas import GenerateRequest, GenerateResponse, PageJob, PageOutput
+from .settings import ServingSettings
+
+
+class Overloaded(Exception):
+    """The model service's batch queue is full: an overload to retry later, not a failure."""
+
+
+def page_job(request: GenerateRequest, deadline: float, limits: dict[str, int]) -> PageJob:
+    """The request with its pictures decoded, checked and re-encoded (a 400 naming the field when one is bad)."""
+    try:
+        prev = decode_image(request.prev_frame, "prev_frame", **limits) if request.prev_frame else None
+        characters = [decode_image(c, f"characters[{i}]", **limits) for i, c in enumerate(request.characters)]
+    except ImageInputError as error:
+        raise field_error(error) from None
+    # Lossless and fast: the model service only decodes what this service already checked.
+    return PageJob(
+        **request.model_dump(exclude={"prev_frame", "characters"}),
+        prev_frame=encode_png(prev, compress_level=1) if prev else None,
+        characters=[encode_png(c, compress_level=1) for c in characters],
+        deadline=deadline,
+    )
+
+
+class PageDrawer:
+    def __init__(self, client: ModelClient, settings: ServingSettings):
+        self.client = client
+        self.settings = settings
+
+    async def draw(self, job: PageJob) -> PageOutput:
+        """One page through the model service's adaptive batcher; raises Overloaded when its queue is full."""
+        try:
+            [output] = await self.client.calls.draw([job])
+        except bentoml.exceptions.BentoMLException as error:
+            if error.error_code.value in (429, 503):
+                raise Overloaded(str(error)) from None
+            raise
+        return PageOutput.model_validate(output) if isinstance(output, dict) else output
+
+    async def generate(self, request: GenerateRequest) -> GenerateResponse | JSONResponse:
+        deadline = time.time() + self.settings.request_timeout_s
+        job = await asyncio.to_thread(page_job, request, deadline, self.settings.image_limits)
+        try:
+            output = await self.draw(job)
+        except Overloaded as error:
+            return overloaded(str(error), self.settings.retry_after_s)
+        if output.error_kind:
+            return page_error(output.error_kind, output.error)
+        return output.response()

@@ -1,0 +1,120 @@
+"""The HTTP schema: one definition of a page's fields, with bounds taken from pipeline.page and the settings.
+
+`GenerateRequest` is the seed's request plus optional settings; `PageJob` is the same page as the front hands it to
+the model service (images checked and re-encoded as PNG, a deadline added); `PageOutput` is one page's answer.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.config import ModelSettings
+from pipeline.page import (
+    MAX_CHARACTERS,
+    MAX_GUIDANCE_SCALE,
+    MAX_SEED,
+    MAX_STEPS,
+    MIN_SIDE,
+    SIDE_MULTIPLE,
+    ErrorKind,
+    PageRequest,
+)
+from pipeline.sources import PROFILES
+
+from .images import decode_trusted_png, encode_png
+from .settings import serving_settings
+
+MAX_SIDE = PROFILES[ModelSettings().profile].max_side
+MAX_PROMPT_CHARS = serving_settings.max_prompt_chars
+
+EXAMPLE_PNG = (  # a 1x1 white PNG, so /docs "Try it out" works as shown
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4//8/AAX+Av4N70a4AAAAAElFTkSuQmCC"
+)
+
+
+def _side(axis: str):
+    return Field(
+        None,
+        ge=MIN_SIDE,
+        le=MAX_SIDE,
+        multiple_of=SIDE_MULTIPLE,
+        description=f"Page {axis} in pixels; profile default when absent.",
+    )
+
+
+class GenerateRequest(BaseModel):
+    """The seed's request, plus optional generation settings."""
+
+    # Unknown fields are ignored, not refused: clients written against a later or earlier contract keep working.
+    model_config = ConfigDict(extra="ignore")
+
+    prev_frame: str | None = Field(
+        None,
+        description="The previous page, base64 PNG/JPEG/WEBP (a `data:image/...;base64,` prefix is accepted). "
+        "Omit it for the first page of a book.",
+        examples=[EXAMPLE_PNG],
+    )
+    characters: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_CHARACTERS,
+        description=f"Reference pictures of the characters, base64 images, 0 to {MAX_CHARACTERS}.",
+        examples=[[EXAMPLE_PNG]],
+    )
+    prompt: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description="What happens on the page: scene, characters' places and actions.",
+        examples=["Two friends talk in a garden, character 1 on the left, character 2 on the right"],
+    )
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="For a reproducible page; drawn at random when absent.", examples=[42]
+    )
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What the page should avoid.")
+    width: int | None = _side("width")
+    height: int | None = _side("height")
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Denoising steps; profile default when absent.")
+    guidance_scale: float | None = Field(
+        None, ge=0.0, le=MAX_GUIDANCE_SCALE, description="Classifier-free guidance scale."
+    )
+
+
+class GenerateResponse(BaseModel):
+    img: str = Field(..., description="The new page, base64 PNG.")
+    seed: int = Field(..., description="The seed the page was drawn with (send it back to redraw the same page).")
+    batch_size: int = Field(..., description="Pages drawn together in the diffusion call that drew this one.")
+    timings_ms: dict[str, float] = Field(default_factory=dict, description="Where the time went, in milliseconds.")
+
+
+class PageJob(GenerateRequest):
+    """One page as the front hands it to the model service: validated, images normalised and re-encoded as PNG."""
+
+    deadline: float | None = None  # wall-clock time after which the front no longer waits
+
+    def page_request(self) -> PageRequest:
+        return PageRequest(
+            **self.model_dump(exclude={"prev_frame", "characters"}),
+            prev_frame=decode_trusted_png(self.prev_frame) if self.prev_frame else None,
+            characters=tuple(decode_trusted_png(c) for c in self.characters),
+        )
+
+
+class PageOutput(BaseModel):
+    img: str | None = None
+    seed: int | None = None
+    batch_size: int = 0
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    error_kind: ErrorKind | None = None  # this page failed (its batch-mates did not)
+    error: str | None = None
+
+    @classmethod
+    def from_result(cls, result) -> PageOutput:
+        """A pipeline.PageResult as it travels back to the front."""
+        if not result.ok:
+            return cls(seed=result.seed, error_kind=result.error.kind, error=result.error.message)
+        return cls(
+            img=encode_png(result.image), seed=result.seed, batch_size=result.batch_size, timings_ms=result.timings_ms
+        )
+
+    def response(self) -> GenerateResponse:
+        return GenerateResponse(img=self.img, seed=self.seed, batch_size=self.batch_size, timings_ms=self.timings_ms)

@@ -1,0 +1,67 @@
+"""The serving side's settings: port, limits, access, batching and timeouts. `PICTUREBOOK_*` variables.
+
+Model settings (profile, device, levers, adapter scales) are pipeline.ModelSettings; both read the same namespace,
+and the README's configuration table lists every field of both (tests/test_docs.py checks it).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PICTUREBOOK_", extra="ignore")
+
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of `bentoml serve` (the seed's backend used 8000).")
+    max_batch_size: int = Field(
+        4, ge=1, description="Adaptive batching: most pages in one diffusion call; 1 turns the batcher off."
+    )
+    max_latency_ms: int = Field(
+        60_000, ge=1, description="Adaptive batching: latency budget a request may wait in the batch queue plus run."
+    )
+    request_timeout_s: int = Field(120, ge=1, description="Seconds a /generate request may take end to end.")
+    max_concurrency: int = Field(16, ge=1, description="Requests the front service admits at once; more get 429/503.")
+
+    max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest decoded size of one request image.")
+    max_image_pixels: int = Field(
+        16_000_000, ge=4096, description="Most pixels in one request image, checked before decoding."
+    )
+    max_prompt_chars: int = Field(2000, ge=1, description="Longest prompt or negative prompt accepted.")
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest /generate body; larger ones get 413 before they are read whole."
+    )
+    retry_after_s: int = Field(5, ge=1, description="`Retry-After` seconds sent with 429/503 when overloaded.")
+
+    api_key: SecretStr | None = Field(
+        None, description="When set, /generate requires `Authorization: Bearer <key>`; health and metrics stay open."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS (JSON list, e.g. '[\"https://a.example\"]'); empty = CORS off.",
+    )
+    bento_model: str | None = Field(
+        None,
+        description="Tag of a BentoML model holding all model folders "
+        "(made by `python -m serving.bento_models import`); the offline alternative to hub downloads for `sdxl`.",
+    )
+
+    @property
+    def image_limits(self) -> dict[str, int]:
+        return {"max_bytes": self.max_image_bytes, "max_pixels": self.max_image_pixels}
+
+
+# Read once per process, at import: BentoML reads the service classes' options from them at import time too.
+serving_settings = ServingSettings()
+
+
+def environment_knobs() -> dict[str, type[BaseSettings]]:
+    """Every `PICTUREBOOK_*` variable the service reads, and the settings class that reads it."""
+    from pipeline.config import ModelSettings
+    from pipeline.faults import FaultSettings
+
+    return {
+        f"{cls.model_config['env_prefix']}{name.upper()}": cls
+        for cls in (ModelSettings, ServingSettings, FaultSettings)
+        for name in cls.model_fields
+    }
