@@ -13,7 +13,7 @@ from PIL import Image
 from .config import ModelSettings
 from .embeddings import ImageEmbedder
 from .faults import FaultSettings
-from .page import MAX_SEED, ErrorKind, PageRequest, check_request
+from .page import MAX_SEED, ErrorKind, PageRequest, check_request, default_regions
 from .sources import ProfileSpec
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class PageGenerator:
             height=self.spec.height if request.height is None else request.height,
             steps=self.spec.steps if request.steps is None else request.steps,
             guidance_scale=self.spec.guidance_scale if request.guidance_scale is None else request.guidance_scale,
+            regions=default_regions(len(request.characters)) if request.regions is None else request.regions,
         )
         check_request(resolved, self.spec)
         return resolved
@@ -119,7 +120,7 @@ class PageGenerator:
         first = requests[0]
         width, height = first.width, first.height
         continuation = first.prev_frame is not None
-        n_characters = len(first.characters)
+        n_characters = max(len(request.characters) for request in requests)  # fewer are padded with empty masks
         timings: dict[str, float] = {}
 
         started = time.perf_counter()
@@ -136,6 +137,8 @@ class PageGenerator:
         face_embeds = self._face_embeddings(requests, n_characters)
         style_embeds = self._style_embeddings(requests, continuation)
         timings["encode"] = _ms_since(started)
+        # Each character acts only inside its box; the style adapter (previous page) acts on the whole page.
+        face_masks = self._region_masks(requests, n_characters, width, height) if n_characters else None
 
         self.pipe.set_ip_adapter_scale(
             [
@@ -162,6 +165,7 @@ class PageGenerator:
             image=control_images,
             controlnet_conditioning_scale=self.settings.controlnet_scale if continuation else 0.0,
             ip_adapter_image_embeds=[face_embeds, style_embeds],
+            cross_attention_kwargs={"ip_adapter_masks": [face_masks, None]} if face_masks is not None else None,
             num_inference_steps=first.steps,
             guidance_scale=first.guidance_scale,
             width=width,
@@ -184,10 +188,33 @@ class PageGenerator:
         return torch.cat([negatives, stacked]).to(self.pipe.unet.dtype)
 
     def _face_embeddings(self, requests: list[PageRequest], n_characters: int) -> torch.Tensor:
+        negative = self.embedder.negative()
         if n_characters == 0:
             # Face adapter off (scale 0); it still needs an input of the right shape.
-            return self._with_negatives([self.embedder.negative()] * len(requests))
-        return self._with_negatives([self.embedder.encode_cached(list(r.characters)) for r in requests])
+            return self._with_negatives([negative] * len(requests))
+        rows = []
+        for request in requests:
+            # Padding rows get an all-zero mask, so what they hold never reaches the page.
+            padding = negative.expand(n_characters - len(request.characters), *negative.shape[1:])
+            encoded = self.embedder.encode_cached(list(request.characters)) if request.characters else padding[:0]
+            rows.append(torch.cat([encoded, padding]))
+        return self._with_negatives(rows)
+
+    def _region_masks(self, requests: list[PageRequest], n_characters: int, width: int, height: int) -> torch.Tensor:
+        """(rows, characters, H, W) box masks at the latent grid (the page's aspect ratio, so diffusers neither pads
+        nor cuts them), one row per UNet batch row: negatives first under classifier-free guidance, as the
+        embeddings are. Made once per call on the UNet's device and dtype, not per attention layer."""
+        rows, columns = height // self.pipe.vae_scale_factor, width // self.pipe.vae_scale_factor
+        masks = torch.zeros(len(requests), n_characters, rows, columns)
+        for row, request in enumerate(requests):
+            for index, (x0, y0, x1, y1) in enumerate(request.regions):
+                top, left = round(y0 * rows), round(x0 * columns)
+                bottom, right = max(round(y1 * rows), top + 1), max(round(x1 * columns), left + 1)
+                masks[row, index, top:bottom, left:right] = 1.0
+        guided = requests[0].guidance_scale > 1 and self.pipe.unet.config.time_cond_proj_dim is None
+        if guided:
+            masks = torch.cat([masks, masks])
+        return masks.to(device=self.pipe.unet.device, dtype=self.pipe.unet.dtype)
 
     def _style_embeddings(self, requests: list[PageRequest], continuation: bool) -> torch.Tensor:
         if not continuation:

@@ -22,6 +22,27 @@ MIN_SIDE = 64
 SIDE_MULTIPLE = 8  # the VAE downsamples 8x
 MAX_GUIDANCE_SCALE = 30.0
 
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the page
+
+
+def default_regions(n_characters: int) -> tuple[Box, ...]:
+    """Where characters go when the request does not say: left to right in the order given, in equal vertical
+    strips (the original backend's "character 1 on the left, character 2 on the right"); one character: the whole
+    page."""
+    return tuple((i / n_characters, 0.0, (i + 1) / n_characters, 1.0) for i in range(n_characters))
+
+
+def check_regions(regions, n_characters: int) -> None:
+    """Raise ValueError (starting with `regions:`) unless there is one box per character, inside the page."""
+    if len(regions) != n_characters:
+        raise ValueError(f"regions: one box per character is needed, got {len(regions)} for {n_characters}")
+    for index, box in enumerate(regions):
+        if len(box) != 4:
+            raise ValueError(f"regions: box {index} must be [x0, y0, x1, y1], got {len(box)} numbers")
+        x0, y0, x1, y1 = box
+        if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+            raise ValueError(f"regions: box {index} must have 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, got {list(box)}")
+
 
 class ErrorKind(StrEnum):
     """Why one page could not be drawn (its batch-mates are not affected). Closed: serving maps each to a status."""
@@ -43,18 +64,16 @@ class PageRequest:
     height: int | None = None
     steps: int | None = None
     guidance_scale: float | None = None
+    regions: tuple[Box, ...] | None = None  # one box per character; default_regions when absent
     deadline: float | None = None  # wall-clock time (time.time()) after which nobody waits for this page
 
     def group_key(self) -> tuple:
-        """Requests with the same key run in one diffusion call (the pipeline takes these per call, not per item)."""
-        return (
-            self.width,
-            self.height,
-            self.steps,
-            self.guidance_scale,
-            len(self.characters),
-            self.prev_frame is not None,
-        )
+        """Requests with the same key run in one diffusion call (the pipeline takes these per call, not per item).
+
+        The number of characters is not in it: each character acts through its own mask, and a page with fewer
+        characters than its batch-mates is padded with all-zero masks. First and continuation pages stay apart:
+        the ControlNet's conditioning scale is one number per call."""
+        return (self.width, self.height, self.steps, self.guidance_scale, self.prev_frame is not None)
 
 
 def check_request(request: PageRequest, spec: ProfileSpec) -> None:
@@ -73,3 +92,4 @@ def check_request(request: PageRequest, spec: ProfileSpec) -> None:
         raise ValueError(f"seed: must be between 0 and {MAX_SEED}, got {request.seed}")
     if len(request.characters) > MAX_CHARACTERS:
         raise ValueError(f"characters: at most {MAX_CHARACTERS} pictures, got {len(request.characters)}")
+    check_regions(request.regions, len(request.characters))

@@ -6,7 +6,9 @@ the model service (images checked and re-encoded as PNG, a deadline added); `Pag
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationInfo, field_validator
 
 from pipeline.config import ModelSettings
 from pipeline.page import (
@@ -18,6 +20,7 @@ from pipeline.page import (
     SIDE_MULTIPLE,
     ErrorKind,
     PageRequest,
+    check_regions,
 )
 from pipeline.sources import PROFILES
 
@@ -30,6 +33,10 @@ MAX_PROMPT_CHARS = serving_settings.max_prompt_chars
 EXAMPLE_PNG = (  # a 1x1 white PNG, so /docs "Try it out" works as shown
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4//8/AAX+Av4N70a4AAAAAElFTkSuQmCC"
 )
+
+
+# Numbers only: "0.5" or true are refused rather than coerced. Bounds and count are checked by check_regions.
+Box = Annotated[list[StrictFloat | StrictInt], Field(min_length=4, max_length=4)]
 
 
 def _side(axis: str):
@@ -60,6 +67,14 @@ class GenerateRequest(BaseModel):
         description=f"Reference pictures of the characters, base64 images, 0 to {MAX_CHARACTERS}.",
         examples=[[EXAMPLE_PNG]],
     )
+    regions: list[Box] | None = Field(
+        None,
+        description="Where each character goes: one box `[x0, y0, x1, y1]` per character, in the order of "
+        "`characters`, as fractions of the page (0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1; boxes may overlap). "
+        "Absent: characters left to right in equal vertical strips, character 1 leftmost; one character acts on "
+        "the whole page.",
+        examples=[[[0.0, 0.2, 0.5, 1.0], [0.5, 0.2, 1.0, 1.0]]],
+    )
     prompt: str = Field(
         ...,
         min_length=1,
@@ -78,6 +93,16 @@ class GenerateRequest(BaseModel):
         None, ge=0.0, le=MAX_GUIDANCE_SCALE, description="Classifier-free guidance scale."
     )
 
+    @field_validator("regions")
+    @classmethod
+    def _one_box_per_character(cls, regions: list[list[float]] | None, info: ValidationInfo):
+        if regions is not None and "characters" in info.data:  # absent when `characters` itself was refused
+            try:
+                check_regions(regions, len(info.data["characters"]))
+            except ValueError as error:
+                raise ValueError(str(error).removeprefix("regions: ")) from None
+        return regions
+
 
 class GenerateResponse(BaseModel):
     img: str = Field(..., description="The new page, base64 PNG.")
@@ -93,7 +118,8 @@ class PageJob(GenerateRequest):
 
     def page_request(self) -> PageRequest:
         return PageRequest(
-            **self.model_dump(exclude={"prev_frame", "characters"}),
+            **self.model_dump(exclude={"prev_frame", "characters", "regions"}),
+            regions=tuple(tuple(box) for box in self.regions) if self.regions is not None else None,
             prev_frame=decode_trusted_png(self.prev_frame) if self.prev_frame else None,
             characters=tuple(decode_trusted_png(c) for c in self.characters),
         )

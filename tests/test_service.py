@@ -145,7 +145,11 @@ def batch_histogram(url) -> tuple[float, float]:
 
 def test_concurrent_requests_are_merged_into_batches(served):
     before_sum, before_count = batch_histogram(served)
-    bodies = [payload(seed=100 + i, prev=i, characters=(i + 20,), prompt=f"page {i}") for i in range(8)]
+    # 0 to 3 characters: the number of characters does not split a batch (each acts through its own mask).
+    bodies = [
+        payload(seed=100 + i, prev=i, characters=tuple(range(20 + i, 20 + i + i % 4)), prompt=f"page {i}")
+        for i in range(8)
+    ]
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(lambda body: post(served, body), bodies))
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
@@ -153,7 +157,8 @@ def test_concurrent_requests_are_merged_into_batches(served):
     pages, batches = after_sum - before_sum, after_count - before_count
     assert pages == 8
     assert batches < 8, "the adaptive batcher ran every request alone"
-    assert max(r.json()["batch_size"] for r in responses) > 1
+    # Two requests of each character count: a call of 3 or more pages mixed counts.
+    assert max(r.json()["batch_size"] for r in responses) >= 3
     # A batched page is the page its request gets alone. Batch-mates differ in every input, and one input changed
     # moves a tiny page below 25 dB; solo-vs-batched jitter is ~84 dB (tests/test_pipeline.py has the figures).
     alone = decode_page(post(served, bodies[3]).json()["img"])
@@ -194,6 +199,11 @@ def test_openapi_documents_the_contract(served):
         ({"seed": -1}, "seed"),
         ({"seed": "forty-two"}, "seed"),
         ({"prompt": ""}, "prompt"),
+        ({"regions": [[0, 0, 1, 1]]}, "regions"),  # two characters, one box
+        ({"regions": [[0, 0, 0.5, 1], [0.7, 0, 0.6, 1]]}, "regions"),  # x0 >= x1
+        ({"regions": [[0, 0, 0.5, 1], [0.5, 0, 1.5, 1]]}, "regions"),  # out of the page
+        ({"regions": [[0, 0, 0.5, 1], ["left", 0, 1, 1]]}, "regions"),  # not numbers
+        ({"regions": "left and right"}, "regions"),
     ],
 )
 def test_bad_request_is_a_4xx_naming_the_field_and_the_next_request_succeeds(served, change, field):
@@ -203,6 +213,20 @@ def test_bad_request_is_a_4xx_naming_the_field_and_the_next_request_succeeds(ser
     assert any(detail["loc"][0] == field for detail in error["detail"]), error
     good = post(served, payload(seed=5))
     assert good.status_code == 200
+
+
+def test_regions_place_each_character(served):
+    left, right = [0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0]
+    page = post(served, dict(payload(characters=(2, 3)), regions=[left, right]))
+    swapped = post(served, dict(payload(characters=(3, 2)), regions=[left, right]))
+    swapped_with_boxes = post(served, dict(payload(characters=(3, 2)), regions=[right, left]))
+    assert [r.status_code for r in (page, swapped, swapped_with_boxes)] == [200] * 3
+    page, swapped, swapped_with_boxes = (decode_page(r.json()["img"]) for r in (page, swapped, swapped_with_boxes))
+    assert psnr(page, swapped) < 25
+    assert psnr(page, swapped_with_boxes) >= 60
+    # The seed's request (no regions) is the left-to-right default.
+    default = decode_page(post(served, payload(characters=(2, 3))).json()["img"])
+    assert psnr(page, default) >= 60
 
 
 def test_bentoml_build_packs_the_tiny_models(tmp_path, bentoml_home, built_bento):
