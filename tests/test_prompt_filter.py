@@ -5,7 +5,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from serving.prompt_filter import (
     DEFAULT_SAFE_NEGATIVE_PROMPT,
@@ -28,7 +29,7 @@ def _lines(name: str) -> list[str]:
 
 
 OK_PROMPTS = _lines("prompts_ok.txt")
-HARMFUL_PROMPTS = [(category, _unescape(text)) for category, text in (l.split("\t") for l in _lines("prompts_harmful.txt"))]
+HARMFUL_PROMPTS = [tuple(_unescape(line).split("\t")) for line in _lines("prompts_harmful.txt")]
 
 
 DEFAULT_FILTER = PromptFilter.default()  # read-only once built; shared by the hypothesis tests too
@@ -48,14 +49,16 @@ def test_the_corpora_are_big_enough_and_bilingual():
     for corpus in (OK_PROMPTS, [text for _, text in HARMFUL_PROMPTS]):
         chinese = sum(_is_chinese(text) for text in corpus)
         assert 20 <= chinese <= len(corpus) - 20
-    assert set(category for category, _ in HARMFUL_PROMPTS) >= {"sexual", "minors", "gore", "self_harm", "hate"}
+    assert {category for category, _ in HARMFUL_PROMPTS} >= {"sexual", "minors", "gore", "self_harm", "hate"}
 
 
 def test_every_ordinary_childrens_story_prompt_passes(default_filter):
     refused = {text: default_filter.check(text) for text in OK_PROMPTS}
     refused = {text: refusal for text, refusal in refused.items() if refusal is not None}
-    print(f"\nordinary prompts passed: {len(OK_PROMPTS) - len(refused)}/{len(OK_PROMPTS)} "
-          f"({100 * (len(OK_PROMPTS) - len(refused)) / len(OK_PROMPTS):.1f} %)")
+    print(
+        f"\nordinary prompts passed: {len(OK_PROMPTS) - len(refused)}/{len(OK_PROMPTS)} "
+        f"({100 * (len(OK_PROMPTS) - len(refused)) / len(OK_PROMPTS):.1f} %)"
+    )
     assert refused == {}
 
 
@@ -63,8 +66,10 @@ def test_every_harmful_prompt_is_refused(default_filter):
     missed = [(category, text) for category, text in HARMFUL_PROMPTS if default_filter.check(text) is None]
     totals = Counter(category for category, _ in HARMFUL_PROMPTS)
     missed_by_category = Counter(category for category, _ in missed)
-    print(f"\nharmful prompts refused: {len(HARMFUL_PROMPTS) - len(missed)}/{len(HARMFUL_PROMPTS)} "
-          f"({100 * (len(HARMFUL_PROMPTS) - len(missed)) / len(HARMFUL_PROMPTS):.1f} %)")
+    print(
+        f"\nharmful prompts refused: {len(HARMFUL_PROMPTS) - len(missed)}/{len(HARMFUL_PROMPTS)} "
+        f"({100 * (len(HARMFUL_PROMPTS) - len(missed)) / len(HARMFUL_PROMPTS):.1f} %)"
+    )
     for category, total in sorted(totals.items()):
         print(f"  {category}: {total - missed_by_category[category]}/{total}")
     assert missed == []
@@ -94,6 +99,7 @@ def test_a_refusal_names_its_list_entry_for_the_logs_but_the_user_message_does_n
         "n\u0336u\u0336d\u0336e\u0336",  # combining strike-through
         "nüdé",  # accents
         "nud\u0435",  # Cyrillic e
+        "\u0455\u0435\u0445",  # all three letters Cyrillic look-alikes
         "n.u.d.e",
         "n u d e",
         "n-u-d-e",
