@@ -100,29 +100,29 @@ _LOOKALIKE_TABLE = str.maketrans(
 _LOOKALIKES = frozenset(chr(code) for code in _LOOKALIKE_TABLE)
 
 # Digits for letters, used only inside a word that has a Latin letter: "character 1" keeps its "1", "s3x" does not
-# keep its "3". "1" reads as "i" or "l"; both readings are tried.
-_DIGITS_AS = {
-    "i": str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g"}),
-    "l": str.maketrans({"0": "o", "1": "l", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g"}),
-}
+# keep its "3". "1" and "|" read as "i" or "l"; both readings are tried.
+_ONE_READS_AS = ("i", "l")
+_DIGIT_LETTERS = {"0": "o", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g"}
+_DIGITS_AS = {one: str.maketrans({**_DIGIT_LETTERS, "1": one}) for one in _ONE_READS_AS}
 # Symbols for letters. "!" and "|" only count before a letter or digit ("sh!t"), so "nude!" keeps its exclamation.
 _SYMBOLS_AS = {
-    "i": ((re.compile(r"[!|](?=[^\W_])"), "i"), (re.compile(r"@"), "a"), (re.compile(r"\$"), "s")),
-    "l": (
-        (re.compile(r"[!](?=[^\W_])"), "i"),
-        (re.compile(r"\|(?=[^\W_])"), "l"),
+    one: (
+        (re.compile(r"!(?=[^\W_])"), "i"),
+        (re.compile(r"\|(?=[^\W_])"), one),
         (re.compile(r"@"), "a"),
         (re.compile(r"\$"), "s"),
-    ),
+    )
+    for one in _ONE_READS_AS
 }
+_LEET_CHARS = re.compile(r"[0-9@$!|]")
 
 # Separators a spelled-out word may have between its letters ("n . u . d . e" has three).
 _MAX_SPELLING_GAP = 3
 _MIN_SPELLED_LETTERS = 3
-_SPELLED_RUN = re.compile(r"(?<![^\W_])[^\W_](?:[\W_]{1,3}[^\W_](?![^\W_])){2}")
-_LEET_CHARS = re.compile(r"[0-9@$!|]")
-# "a" or "i" followed by at least three spelled-out letters: the only case where the article reading differs.
-_SPELLED_WITH_ARTICLE = re.compile(r"(?<![^\W_])[ai](?:[\W_]{1,3}[^\W_](?![^\W_])){3}")
+_NEXT_SPELLED_LETTER = rf"[\W_]{{1,{_MAX_SPELLING_GAP}}}[^\W_](?![^\W_])"
+_SPELLED_RUN = re.compile(rf"(?<![^\W_])[^\W_](?:{_NEXT_SPELLED_LETTER}){{{_MIN_SPELLED_LETTERS - 1}}}")
+# "a" or "i" before a spelled-out word: the only case where reading it as an article changes anything.
+_SPELLED_AFTER_ARTICLE = re.compile(rf"(?<![^\W_])[ai](?:{_NEXT_SPELLED_LETTER}){{{_MIN_SPELLED_LETTERS}}}")
 
 
 @dataclass(frozen=True)
@@ -207,20 +207,18 @@ def _join_spelled_out(text: str, words: list[re.Match[str]], keep_leading_articl
 
 def _word_readings(text: str) -> set[tuple[str, ...]]:
     """Every reading of a normalised text as a sequence of words that the whole-word lists are matched against."""
-    leet_texts = [text]
-    for reading in ("i", "l"):
-        swapped = text
-        for pattern, letter in _SYMBOLS_AS[reading]:
-            swapped = pattern.sub(letter, swapped)
-        leet_texts.append(swapped)
+    sources: list[tuple[str, re.Pattern[str], dict[int, str] | None]] = [(text, _PLAIN_WORD, None)]
+    if _LEET_CHARS.search(text):
+        for one in _ONE_READS_AS:
+            swapped = text
+            for pattern, letter in _SYMBOLS_AS[one]:
+                swapped = pattern.sub(letter, swapped)
+            sources.append((swapped, _LEET_WORD, _DIGITS_AS[one]))
 
-    if not _LEET_CHARS.search(text):
-        leet_texts = leet_texts[:1]  # nothing to read as letters: the plain reading is the only one
     readings: set[tuple[str, ...]] = set()
-    for index, source in enumerate(leet_texts):
-        digits = None if index == 0 else _DIGITS_AS["i" if index == 1 else "l"]
-        words = list((_PLAIN_WORD if digits is None else _LEET_WORD).finditer(source))
-        for keep_article in (False, True) if _SPELLED_WITH_ARTICLE.search(source) else (False,):
+    for source, word_pattern, digits in sources:
+        words = list(word_pattern.finditer(source))
+        for keep_article in (False, True) if _SPELLED_AFTER_ARTICLE.search(source) else (False,):
             tokens = _join_spelled_out(source, words, keep_article)
             if digits is not None:
                 tokens = [t.translate(digits) if _ASCII_LETTER.search(t) else t for t in tokens]
@@ -243,7 +241,7 @@ class _Matcher:
         self.joiner = joiner
         self.plural_s = plural_s
         self.blocked: dict[str, Refusal] = {}
-        self.allowed: set[str] = set()
+        self.allowed: dict[str, str] = {}
         self.lengths: list[int] = []
         self.first_units: set[str] = set()  # most positions start no term: one set lookup rules them out
 
@@ -254,7 +252,7 @@ class _Matcher:
         key = self.joiner.join(units)
         self.first_units.add(units[0])
         if category == ALLOW_SECTION:
-            self.allowed.add(key)
+            self.allowed[key] = key
         else:
             self.blocked.setdefault(key, Refusal(category=category, term=key, source=source))
         if len(units) not in self.lengths:
@@ -263,12 +261,11 @@ class _Matcher:
     def __bool__(self) -> bool:
         return bool(self.blocked)
 
-    def _lookup(self, key: str, table: dict | set) -> bool | Refusal | None:
-        if key in table:
-            return table[key] if isinstance(table, dict) else True
-        if self.plural_s and len(key) > 3 and key.endswith("s") and key[:-1] in table:
-            return table[key[:-1]] if isinstance(table, dict) else True
-        return None
+    def _lookup(self, key: str, table: dict):
+        found = table.get(key)
+        if found is None and self.plural_s and len(key) > 3 and key.endswith("s"):
+            found = table.get(key[:-1])
+        return found
 
     def find(self, units: tuple[str, ...] | str) -> Refusal | None:
         """The first blocked term in `units` that no allowed term overlaps."""
@@ -288,7 +285,7 @@ class _Matcher:
                 refusal = self._lookup(key, self.blocked)
                 if refusal is not None:
                     hits.append((start, end, refusal))
-                if self.allowed and self._lookup(key, self.allowed):
+                if self.allowed and self._lookup(key, self.allowed) is not None:
                     allowed_spans.append((start, end))
         for start, end, refusal in hits:
             # An allowed word overlapping the hit means the hit straddles two ordinary words ("角色|情绪").
