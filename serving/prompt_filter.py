@@ -1,0 +1,415 @@
+"""Prompt filter: refuses harmful user text before any model work, and the child-safe negative prompt.
+
+Plain Python (no BentoML, no torch), so the front service can check a request before it calls the model service.
+
+Lists are UTF-8 text files, one term or phrase per line (see `load_list_file`). A file's language decides how its
+terms match: whole words and phrases for languages written with spaces (`en.txt`: "sex" does not refuse "Sussex"),
+substrings for languages written without them (`zh.txt`: "色情" is found inside "色情图片"). A list's `[allow]`
+section names ordinary words that overlap a blocked term ("角色情绪" = "character's mood" contains "色情").
+
+Matching sees through the usual ways of slipping past a list: Unicode compatibility forms (full-width and
+mathematical letters), case, invisible characters, combining marks, Cyrillic/Greek look-alike letters, separators
+inside a word ("n.u.d.e", "n u d e", "n_u_d_e"), digits and symbols for letters ("s3x", "$ex", "pr0n"), stretched
+letters ("nuuude") and a plural "s".
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_BLOCKLIST_DIR = Path(__file__).resolve().parent / "blocklists"
+
+# Short on purpose: SDXL's text encoders read 77 tokens, so this stays well inside the window it is put first in.
+DEFAULT_SAFE_NEGATIVE_PROMPT = (
+    "nsfw, nudity, sexual content, suggestive, gore, blood, graphic violence, disturbing, horror"
+)
+
+# What the user is told. It does not repeat the matched term: the answer may be shown on a child's screen, and
+# naming the term would let anyone probe the list spelling by spelling. The field name already points at the text.
+REFUSAL_MESSAGE = (
+    "This text was refused by the content filter. Please rephrase it; "
+    "things to keep out of the picture belong in negative_prompt."
+)
+
+# Languages written without spaces between words: their list terms match anywhere, not as whole words.
+SUBSTRING_LANGUAGES = frozenset({"zh", "ja", "ko", "th", "lo", "km", "my", "yue", "wuu"})
+
+ALLOW_SECTION = "allow"
+UNSORTED_CATEGORY = "unsorted"  # terms listed before any [section]
+
+_MATCH_DIRECTIVE = re.compile(r"#!\s*match\s*:\s*(\w+)\s*$")
+_SECTION = re.compile(r"\[\s*([\w-]+)\s*\]$")
+
+# Scripts written without spaces: each character is a word of its own for whole-word matching, so an English
+# term glued to Chinese text ("画一个nude的人") is still a whole word.
+_CJK = (
+    "\u2e80-\u2fdf\u3040-\u30ff\u3100-\u312f\u3130-\u318f\u31a0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+    "\ua960-\ua97f\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003134f"
+)
+_NOT_CJK = f"(?![{_CJK}])"
+# Words for the plain reading: letters and digits apart ("nude18" -> "nude", "18").
+_PLAIN_WORD = re.compile(rf"[{_CJK}]|(?:{_NOT_CJK}[^\W\d_])+|\d+")
+# Words for the digits-for-letters reading: letters and digits together ("s3x").
+_LEET_WORD = re.compile(rf"[{_CJK}]|(?:{_NOT_CJK}[^\W_])+")
+_LETTERS = re.compile(r"[^\W\d_]+")
+_ASCII_LETTER = re.compile(r"[a-z]")
+_STRETCHED = re.compile(r"([a-z])\1{2,}")  # no English word has a letter three times in a row
+_NOT_WORD = re.compile(r"[\W_]+")
+_ONE_CJK = re.compile(f"[{_CJK}]")
+
+# Invisible characters people put inside words: all of category Cf (zero-width space and joiners, U+2060, U+FEFF,
+# the soft hyphen, bidi controls, tag characters), plus the marks and fillers below.
+_INVISIBLE_RANGES = (
+    (0x0300, 0x036F),  # combining diacritics, strike-through and underline marks, the grapheme joiner
+    (0x1AB0, 0x1AFF),
+    (0x1DC0, 0x1DFF),
+    (0x20D0, 0x20FF),  # combining marks for symbols (enclosing circles and keycaps)
+    (0xFE00, 0xFE0F),  # variation selectors
+    (0xFE20, 0xFE2F),
+    (0xE0100, 0xE01EF),
+    (0x115F, 0x1160),  # Hangul fillers, which render as nothing
+    (0x3164, 0x3164),
+    (0xFFA0, 0xFFA0),
+)
+
+
+def _invisible_pattern() -> re.Pattern[str]:
+    # Category Cf lives in planes 0, 1 and 14 only; one scan at import builds a character class.
+    format_chars = [
+        chr(code)
+        for plane in (range(0x0000, 0x20000), range(0xE0000, 0xE1000))
+        for code in plane
+        if unicodedata.category(chr(code)) == "Cf"
+    ]
+    ranges = "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}" for low, high in _INVISIBLE_RANGES)
+    return re.compile("[" + "".join(re.escape(char) for char in format_chars) + ranges + "]+")
+
+
+_INVISIBLE = _invisible_pattern()
+
+# Cyrillic and Greek letters drawn like Latin ones ("nudе" with a Cyrillic е). Swapped only in a word that also has
+# a Latin letter, or that is made of nothing but look-alikes, so real Russian or Greek words stay as they are.
+_LOOKALIKE_TABLE = str.maketrans(
+    "аеёһіїјкӏорԛѕухԁԝсαβεηικνορτυχı",
+    "aeehiijklopqsyxdwcabenikvoptuxi",
+)
+_LOOKALIKES = frozenset(chr(code) for code in _LOOKALIKE_TABLE)
+
+# Digits for letters, used only inside a word that has a Latin letter: "character 1" keeps its "1", "s3x" does not
+# keep its "3". "1" and "|" read as "i" or "l"; both readings are tried.
+_ONE_READS_AS = ("i", "l")
+_DIGIT_LETTERS = {"0": "o", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g"}
+_DIGITS_AS = {one: str.maketrans({**_DIGIT_LETTERS, "1": one}) for one in _ONE_READS_AS}
+# Symbols for letters. "!" and "|" only count before a letter or digit ("sh!t"), so "nude!" keeps its exclamation.
+_SYMBOLS_AS = {
+    one: (
+        (re.compile(r"!(?=[^\W_])"), "i"),
+        (re.compile(r"\|(?=[^\W_])"), one),
+        (re.compile(r"@"), "a"),
+        (re.compile(r"\$"), "s"),
+    )
+    for one in _ONE_READS_AS
+}
+_LEET_CHARS = re.compile(r"[0-9@$!|]")
+
+# Separators a spelled-out word may have between its letters ("n . u . d . e" has three).
+_MAX_SPELLING_GAP = 3
+_MIN_SPELLED_LETTERS = 3
+_NEXT_SPELLED_LETTER = rf"[\W_]{{1,{_MAX_SPELLING_GAP}}}[^\W_](?![^\W_])"
+_SPELLED_RUN = re.compile(rf"(?<![^\W_])[^\W_](?:{_NEXT_SPELLED_LETTER}){{{_MIN_SPELLED_LETTERS - 1}}}")
+# "a" or "i" before a spelled-out word: the only case where reading it as an article changes anything.
+_SPELLED_AFTER_ARTICLE = re.compile(rf"(?<![^\W_])[ai](?:{_NEXT_SPELLED_LETTER}){{{_MIN_SPELLED_LETTERS}}}")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a text was refused: for logs and metrics, not for the user (see REFUSAL_MESSAGE)."""
+
+    category: str  # the list section, e.g. "sexual", "gore"
+    term: str  # the list entry that matched, normalised
+    source: str  # the list file, e.g. "en.txt"
+
+    def __str__(self) -> str:
+        return f"{self.category}: {self.term!r} ({self.source})"
+
+
+@dataclass(frozen=True)
+class ListFile:
+    """One parsed list file."""
+
+    path: Path
+    substring: bool  # how its terms match: anywhere (True) or as whole words and phrases (False)
+    terms: dict[str, list[str]]  # category -> terms as written; ALLOW_SECTION holds the exceptions
+
+
+def normalise(text: str) -> str:
+    """The text as the matcher reads it: compatibility forms folded, lower case, invisible characters removed."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    # Decomposed first, so an accent or strike-through mark comes apart from its letter and can be dropped.
+    text = _INVISIBLE.sub("", unicodedata.normalize("NFKD", text))
+    text = unicodedata.normalize("NFKC", text)
+    return _LETTERS.sub(_unmask_lookalikes, text)
+
+
+def _unmask_lookalikes(word: re.Match[str]) -> str:
+    text = word.group()
+    swapped = text.translate(_LOOKALIKE_TABLE)
+    if swapped == text:
+        return text
+    has_latin = _ASCII_LETTER.search(text) is not None
+    all_lookalikes = all(char in _LOOKALIKES for char in text)
+    return swapped if has_latin or all_lookalikes else text
+
+
+def _join_spelled_out(text: str, words: list[re.Match[str]], keep_leading_article: bool) -> list[str]:
+    """The words, with runs of single letters between separators joined: "n.u.d.e" -> "nude".
+
+    `keep_leading_article` leaves a leading "a" or "i" of such a run on its own ("a n u d e" -> "a", "nude"), the
+    other reading keeps it ("i n c e s t" -> "incest"); the caller tries both.
+    """
+    if not _SPELLED_RUN.search(text):
+        return [word.group() for word in words]
+    out: list[str] = []
+    run: list[str] = []
+
+    def flush() -> None:
+        if len(run) >= _MIN_SPELLED_LETTERS:
+            if keep_leading_article and run[0] in ("a", "i") and len(run) > _MIN_SPELLED_LETTERS:
+                out.append(run[0])
+                out.append("".join(run[1:]))
+            else:
+                out.append("".join(run))
+        else:
+            out.extend(run)
+        run.clear()
+
+    previous_end = None
+    for word in words:
+        token = word.group()
+        spellable = len(token) == 1 and not _ONE_CJK.match(token)
+        gap = text[previous_end : word.start()] if previous_end is not None else ""
+        if spellable and run and 1 <= len(gap) <= _MAX_SPELLING_GAP:
+            run.append(token)
+        else:
+            flush()
+            if spellable:
+                run.append(token)
+            else:
+                out.append(token)
+        previous_end = word.end()
+    flush()
+    return out
+
+
+def _word_readings(text: str) -> set[tuple[str, ...]]:
+    """Every reading of a normalised text as a sequence of words that the whole-word lists are matched against."""
+    sources: list[tuple[str, re.Pattern[str], dict[int, str] | None]] = [(text, _PLAIN_WORD, None)]
+    if _LEET_CHARS.search(text):
+        for one in _ONE_READS_AS:
+            swapped = text
+            for pattern, letter in _SYMBOLS_AS[one]:
+                swapped = pattern.sub(letter, swapped)
+            sources.append((swapped, _LEET_WORD, _DIGITS_AS[one]))
+
+    readings: set[tuple[str, ...]] = set()
+    for source, word_pattern, digits in sources:
+        words = list(word_pattern.finditer(source))
+        for keep_article in (False, True) if _SPELLED_AFTER_ARTICLE.search(source) else (False,):
+            tokens = _join_spelled_out(source, words, keep_article)
+            if digits is not None:
+                tokens = [t.translate(digits) if _ASCII_LETTER.search(t) else t for t in tokens]
+            readings.add(tuple(tokens))
+            if any(_STRETCHED.search(t) for t in tokens):
+                readings.add(tuple(_STRETCHED.sub(r"\1", t) for t in tokens))
+                readings.add(tuple(_STRETCHED.sub(r"\1\1", t) for t in tokens))
+    return readings
+
+
+def _squeezed(text: str) -> str:
+    """The text with every separator removed, for substring lists: "裸 体" and "裸.体" read "裸体"."""
+    return _NOT_WORD.sub("", text)
+
+
+class _Matcher:
+    """Finds list terms in a sequence of units: words (whole-word lists) or characters (substring lists)."""
+
+    def __init__(self, joiner: str, plural_s: bool) -> None:
+        self.joiner = joiner
+        self.plural_s = plural_s
+        self.blocked: dict[str, Refusal] = {}
+        self.allowed: dict[str, str] = {}
+        self.lengths: list[int] = []
+        self.first_units: set[str] = set()  # most positions start no term: one set lookup rules them out
+
+    def add(self, units: Iterable[str], category: str, source: str) -> None:
+        units = tuple(units)
+        if not units:
+            return
+        key = self.joiner.join(units)
+        self.first_units.add(units[0])
+        if category == ALLOW_SECTION:
+            self.allowed[key] = key
+        else:
+            self.blocked.setdefault(key, Refusal(category=category, term=key, source=source))
+        if len(units) not in self.lengths:
+            self.lengths = sorted({*self.lengths, len(units)})
+
+    def __bool__(self) -> bool:
+        return bool(self.blocked)
+
+    def _lookup(self, key: str, table: dict):
+        found = table.get(key)
+        if found is None and self.plural_s and len(key) > 3 and key.endswith("s"):
+            found = table.get(key[:-1])
+        return found
+
+    def find(self, units: tuple[str, ...] | str) -> Refusal | None:
+        """The first blocked term in `units` that no allowed term overlaps."""
+        hits: list[tuple[int, int, Refusal]] = []
+        allowed_spans: list[tuple[int, int]] = []
+        count = len(units)
+        firsts = self.first_units
+        for start in range(count):
+            first = units[start]
+            if first not in firsts and not (self.plural_s and first[:-1] in firsts):
+                continue
+            for length in reversed(self.lengths):  # longest first: "sexy girl" is logged as minors, not sexual
+                end = start + length
+                if end > count:
+                    continue
+                key = units[start:end] if isinstance(units, str) else self.joiner.join(units[start:end])
+                refusal = self._lookup(key, self.blocked)
+                if refusal is not None:
+                    hits.append((start, end, refusal))
+                if self.allowed and self._lookup(key, self.allowed) is not None:
+                    allowed_spans.append((start, end))
+        for start, end, refusal in hits:
+            # An allowed word overlapping the hit means the hit straddles two ordinary words ("角色|情绪").
+            if not any(a_start < end and start < a_end for a_start, a_end in allowed_spans):
+                return refusal
+        return None
+
+
+def load_list_file(path: Path) -> ListFile:
+    """Parse one list file.
+
+    Format (UTF-8): one term or phrase per line; blank lines and lines starting with `#` are skipped; a line
+    `[category]` starts a section (terms before any section are "unsorted"); the `[allow]` section lists
+    exceptions. How the file matches comes from its name: the language code before the first `.`, `-` or `_`
+    (`zh.txt`, `zh-hant.txt`, `ja_extra.txt`) is looked up in SUBSTRING_LANGUAGES. A line `#!match: substring` or
+    `#!match: word` anywhere in the file overrides that.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 ({error})") from error
+    language = re.split(r"[._-]", path.name, maxsplit=1)[0].lower()
+    substring = language in SUBSTRING_LANGUAGES
+    terms: dict[str, list[str]] = {}
+    category = UNSORTED_CATEGORY
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        directive = _MATCH_DIRECTIVE.match(line)
+        if directive:
+            mode = directive.group(1).lower()
+            if mode not in ("substring", "word"):
+                raise ValueError(f"{path}:{number}: #!match must be 'substring' or 'word', not {mode!r}")
+            substring = mode == "substring"
+            continue
+        if not line or line.startswith("#"):
+            continue
+        section = _SECTION.match(line)
+        if section:
+            category = section.group(1).lower()
+            continue
+        terms.setdefault(category, []).append(line)
+    return ListFile(path=path, substring=substring, terms=terms)
+
+
+class PromptFilter:
+    """Checks user text against word and phrase lists; built once at start-up, then shared (it is read-only)."""
+
+    def __init__(self, lists: Iterable[ListFile]) -> None:
+        self._words = _Matcher(" ", plural_s=True)
+        self._substrings = _Matcher("", plural_s=False)
+        self.sources: list[Path] = []
+        for list_file in lists:
+            self.sources.append(list_file.path)
+            for category, terms in list_file.terms.items():
+                for term in terms:
+                    text = normalise(term)
+                    if list_file.substring:
+                        self._substrings.add(_squeezed(text), category, list_file.path.name)
+                    else:
+                        words = [w.group() for w in _PLAIN_WORD.finditer(text)]
+                        self._words.add(words, category, list_file.path.name)
+
+    @classmethod
+    def from_dirs(cls, directories: Iterable[str | Path | None]) -> PromptFilter:
+        """A filter from every `*.txt` in the given directories, in order; None or "" entries are skipped.
+
+        A directory that does not exist is an error: a mistyped operator path must not quietly filter less.
+        """
+        files: list[ListFile] = []
+        for directory in directories:
+            if directory is None or str(directory) == "":
+                continue
+            directory = Path(directory)
+            if not directory.is_dir():
+                raise FileNotFoundError(f"blocklist directory {directory} does not exist")
+            files.extend(load_list_file(path) for path in sorted(directory.glob("*.txt")))
+        return cls(files)
+
+    @classmethod
+    def default(cls, extra_dir: str | Path | None = None) -> PromptFilter:
+        """The repository's lists, plus the operator's directory when one is given."""
+        return cls.from_dirs([DEFAULT_BLOCKLIST_DIR, extra_dir])
+
+    def check(self, text: str) -> Refusal | None:
+        """Why `text` is refused, or None when it may be drawn."""
+        if not text:
+            return None
+        normalised = normalise(text)
+        if self._words:
+            for reading in _word_readings(normalised):
+                refusal = self._words.find(reading)
+                if refusal is not None:
+                    return refusal
+        if self._substrings:
+            return self._substrings.find(_squeezed(normalised))
+        return None
+
+    def first_refusal(self, fields: Iterable[tuple[str, str | None]]) -> tuple[str, Refusal] | None:
+        """The first (field name, refusal) among `(field, text)` pairs, e.g. `("pages[2].text", ...)`; or None."""
+        for field, text in fields:
+            if text:
+                refusal = self.check(text)
+                if refusal is not None:
+                    return field, refusal
+        return None
+
+
+def _phrases(prompt: str) -> list[str]:
+    return [phrase.strip() for phrase in prompt.split(",") if phrase.strip()]
+
+
+def with_safe_negative(negative_prompt: str, safe_negative: str = DEFAULT_SAFE_NEGATIVE_PROMPT) -> str:
+    """The page's negative prompt with the child-safe one added; an empty `safe_negative` turns this off.
+
+    The safe phrases go first: the text encoders read only 77 tokens, and a long user negative prompt would
+    otherwise push them out of the window. Phrases the user already wrote are not repeated.
+    """
+    safe = _phrases(safe_negative)
+    if not safe:
+        return negative_prompt
+    present = {" ".join(phrase.casefold().split()) for phrase in _phrases(negative_prompt)}
+    missing = [phrase for phrase in dict.fromkeys(safe) if " ".join(phrase.casefold().split()) not in present]
+    if not missing:
+        return negative_prompt
+    if not negative_prompt.strip():
+        return ", ".join(missing)
+    return ", ".join(missing) + ", " + negative_prompt.strip()
