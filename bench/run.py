@@ -1,4 +1,8 @@
-"""`python -m bench [--quick] [--out DIR]`: in-process and served, side by side, in one run."""
+"""`python -m bench [--quick] [--out DIR]`: in-process and served, side by side, in one run.
+
+`python -m bench --full-size` and `python -m bench --gpu` are the real-size benchmarks (bench/fullsize.py,
+bench/gpu.py): random weights at SDXL's real size, on this CPU and on a CUDA machine.
+"""
 
 from __future__ import annotations
 
@@ -44,8 +48,25 @@ SERVERS = {"batching_on": 8, "batching_off": 1}  # PICTUREBOOK_MAX_BATCH_SIZE
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats: about 5 minutes instead of about 10")
-    parser.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder (default bench-out/)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default bench-out/, bench-out/fullsize/, bench-out/gpu/)")
+    real_size = parser.add_argument_group("real-size benchmarks (random weights at SDXL's size)")
+    modes = real_size.add_mutually_exclusive_group()
+    modes.add_argument("--full-size", action="store_true", help="build the full-size set and run it on this CPU (~12 min, 13 GB disk, 17 GB RAM)")
+    modes.add_argument("--gpu", action="store_true", help="the GPU levers on a CUDA machine (skips cleanly without CUDA)")
+    real_size.add_argument("--model-dir", type=Path, help="reuse (or build into, and keep) the full-size set here")
+    real_size.add_argument("--scratch", type=Path, help="where a temporary full-size set is built (default: the temp folder)")
+    real_size.add_argument("--keep", action="store_true", help="keep the temporary full-size set")
+    real_size.add_argument("--no-large", dest="large", action="store_false", help="--full-size: skip the 1024² step")
+    from bench.gpu import add_arguments as add_gpu_arguments
+
+    add_gpu_arguments(real_size)
     args = parser.parse_args(argv)
+    if args.full_size or args.gpu:
+        from bench import fullsize, gpu
+
+        args.out = args.out or Path("bench-out") / ("fullsize" if args.full_size else "gpu")
+        return fullsize.run(args) if args.full_size else gpu.run(args)
+    args.out = args.out or Path("bench-out")
     params = PARAMS["quick" if args.quick else "full"]
     started = time.monotonic()
     machine = describe()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,19 +43,28 @@ RESAMPLER_GAIN = 4.0  # the adapters' image projection: characters and the previ
 
 def build_tiny_models(root: Path, seed: int = 0) -> Path:
     """Write every tiny model folder under `root` (idempotent: skipped when already complete)."""
+
+    def write(staging: Path) -> None:
+        torch.manual_seed(seed)
+        unet = _write_base(staging / MODEL_REPOS["base"].folder)
+        _write_controlnet(staging / MODEL_REPOS["controlnet"].folder, unet)
+        _write_vae(staging / MODEL_REPOS["vae"].folder)
+        _write_ip_adapters(staging / MODEL_REPOS["ip_adapter"].folder, unet)
+        _write_depth(staging / MODEL_REPOS["depth"].folder)
+
+    return build_atomically(root, write, {"profile": "tiny", "seed": seed})
+
+
+def build_atomically(root: Path, write, marker: dict) -> Path:
+    """Run `write(staging)` into a sibling folder, then move it to `root`; skipped when `root` is already complete."""
     root = Path(root)
     if (root / COMPLETE_MARKER).exists():
         return root
     staging = root.with_name(root.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    torch.manual_seed(seed)
-    unet = _write_base(staging / MODEL_REPOS["base"].folder)
-    _write_controlnet(staging / MODEL_REPOS["controlnet"].folder, unet)
-    _write_vae(staging / MODEL_REPOS["vae"].folder)
-    _write_ip_adapters(staging / MODEL_REPOS["ip_adapter"].folder, unet)
-    _write_depth(staging / MODEL_REPOS["depth"].folder)
-    (staging / COMPLETE_MARKER).write_text(json.dumps({"profile": "tiny", "seed": seed}))
+    write(staging)
+    (staging / COMPLETE_MARKER).write_text(json.dumps(marker))
     # Rename last so a crash mid-build never leaves a folder that looks complete.
     if root.exists():
         shutil.rmtree(root)
@@ -197,37 +207,53 @@ def _write_ip_adapters(folder: Path, unet):
     for weights in (FACE_ADAPTER_WEIGHTS, STYLE_ADAPTER_WEIGHTS):
         path = folder / ADAPTER_SUBFOLDER / weights
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(_plus_adapter_state_dict(unet), str(path))
+        save_file(plus_adapter_state_dict(unet, TINY_ADAPTER, _seeded_normal), str(path))
 
 
-def _plus_adapter_state_dict(unet) -> dict[str, torch.Tensor]:
-    """An IP-Adapter *plus* checkpoint in the original (h94) key format: a perceiver resampler + K/V projections."""
+@dataclass(frozen=True)
+class PlusAdapterShape:
+    """What sizes an IP-Adapter *plus* checkpoint: its perceiver resampler and the UNet it feeds."""
 
-    def rand(*shape):
-        return torch.randn(*shape) * 0.05
+    vision_width: int  # hidden size of the image encoder, whose penultimate hidden states the resampler reads
+    width: int  # resampler width; diffusers derives its heads as width // 64
+    queries: int  # image tokens handed to the UNet
+    depth: int
+    kv_std: float  # spread of the random K/V projections (large enough that an adapter visibly acts)
 
-    width, inner = RESAMPLER_WIDTH, RESAMPLER_WIDTH
-    state = {
-        "image_proj.latents": torch.randn(1, RESAMPLER_QUERIES, width) / width**0.5,
-        "image_proj.proj_in.weight": rand(width, VISION_WIDTH),
-        "image_proj.proj_in.bias": torch.zeros(width),
-        "image_proj.proj_out.weight": rand(CROSS_ATTENTION_DIM, width),
-        "image_proj.proj_out.bias": torch.zeros(CROSS_ATTENTION_DIM),
-        "image_proj.norm_out.weight": torch.ones(CROSS_ATTENTION_DIM),
-        "image_proj.norm_out.bias": torch.zeros(CROSS_ATTENTION_DIM),
-    }
-    for i in range(RESAMPLER_DEPTH):
+
+TINY_ADAPTER = PlusAdapterShape(vision_width=VISION_WIDTH, width=RESAMPLER_WIDTH, queries=RESAMPLER_QUERIES, depth=RESAMPLER_DEPTH, kv_std=0.2)
+
+
+def _seeded_normal(name: str, shape: tuple[int, ...], std: float) -> torch.Tensor:
+    return torch.randn(*shape) * std  # from the global generator, seeded once per build
+
+
+def plus_adapter_state_dict(unet, shape: PlusAdapterShape, normal) -> dict[str, torch.Tensor]:
+    """An IP-Adapter *plus* checkpoint in the original (h94) key format: a perceiver resampler + K/V projections.
+
+    `normal(name, shape, std)` gives each random tensor; the key layout follows the reference Resampler
+    (PerceiverAttention + FeedForward, no biases inside the layers) that diffusers converts on load.
+    """
+    width, inner = shape.width, shape.width
+    cross_attention_dim = unet.config.cross_attention_dim
+    state = {"image_proj.latents": normal("image_proj.latents", (1, shape.queries, width), width**-0.5)}
+    state["image_proj.proj_in.weight"] = normal("image_proj.proj_in.weight", (width, shape.vision_width), 0.05)
+    state["image_proj.proj_in.bias"] = torch.zeros(width)
+    state["image_proj.proj_out.weight"] = normal("image_proj.proj_out.weight", (cross_attention_dim, width), 0.05)
+    state["image_proj.proj_out.bias"] = torch.zeros(cross_attention_dim)
+    state["image_proj.norm_out.weight"] = torch.ones(cross_attention_dim)
+    state["image_proj.norm_out.bias"] = torch.zeros(cross_attention_dim)
+    for i in range(shape.depth):
         layer = f"image_proj.layers.{i}"
         for norm in ("norm1", "norm2"):
             state[f"{layer}.0.{norm}.weight"] = torch.ones(width)
             state[f"{layer}.0.{norm}.bias"] = torch.zeros(width)
-        state[f"{layer}.0.to_q.weight"] = rand(inner, width)
-        state[f"{layer}.0.to_kv.weight"] = rand(2 * inner, width)
-        state[f"{layer}.0.to_out.weight"] = rand(width, inner)
+        for key, size in (("0.to_q", (inner, width)), ("0.to_kv", (2 * inner, width)), ("0.to_out", (width, inner))):
+            state[f"{layer}.{key}.weight"] = normal(f"{layer}.{key}.weight", size, 0.05)
         state[f"{layer}.1.0.weight"] = torch.ones(width)
         state[f"{layer}.1.0.bias"] = torch.zeros(width)
-        state[f"{layer}.1.1.weight"] = rand(4 * width, width)
-        state[f"{layer}.1.3.weight"] = rand(width, 4 * width)
+        state[f"{layer}.1.1.weight"] = normal(f"{layer}.1.1.weight", (4 * width, width), 0.05)
+        state[f"{layer}.1.3.weight"] = normal(f"{layer}.1.3.weight", (width, 4 * width), 0.05)
 
     # A stronger resampler output, so each character picture and the previous page move the page strongly.
     state = {key: value * RESAMPLER_GAIN for key, value in state.items()}
@@ -245,8 +271,9 @@ def _plus_adapter_state_dict(unet) -> dict[str, torch.Tensor]:
             hidden = list(reversed(block_widths))[int(name.split(".")[1])]
         else:
             hidden = block_widths[int(name.split(".")[1])]
-        state[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(hidden, CROSS_ATTENTION_DIM) * 0.2
-        state[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(hidden, CROSS_ATTENTION_DIM) * 0.2
+        for projection in ("to_k_ip", "to_v_ip"):
+            key = f"ip_adapter.{key_id}.{projection}.weight"
+            state[key] = normal(key, (hidden, cross_attention_dim), shape.kv_std)
         key_id += 2
     return state
 

@@ -1,0 +1,223 @@
+"""`python -m bench --full-size`: the real-size `sdxl` model set, random weights, built and run on this CPU.
+
+1. Builds the set (`pipeline.fullsize`) in a child process: build time, its peak RSS, disk size.
+2. Loads it in a fresh child process through the one loading path (`load_page_generator`, profile `sdxl`, the code
+   `bentoml serve` runs) and draws pages there: time to ready, peak RSS, seconds per denoising step at 256² and
+   1024², and the checks that the real-size code works: page size, finite latents, and each of the two adapters
+   and the ControlNet changing the page.
+3. Writes OUT/bench.json and removes the models unless `--keep`.
+
+On CPU the models run in bfloat16: float32 would need twice the memory (~25 GB, more than the machine has) and
+float16 is slow and partly unsupported on CPU, while bfloat16 has float32's range, so random weights stay finite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import median, progress, rounded
+from bench.machine import describe
+
+CPU_DTYPE = "bfloat16"
+CHECK_SIZE, CHECK_STEPS = 256, 2
+LARGE_SIZE, LARGE_STEPS = 1024, 1
+CHARACTERS = 2
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def _children_peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def disk_bytes(root: Path) -> int:
+    return sum(path.stat().st_size for path in Path(root).rglob("*") if path.is_file())
+
+
+def run(args) -> dict:
+    from pipeline.fullsize import parameter_table
+
+    started = time.monotonic()
+    machine = describe()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = None
+    if args.model_dir:
+        root = Path(args.model_dir)
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix="picturebook-fullsize-", dir=args.scratch))
+        root = scratch / "sdxl-random"
+    try:
+        result = {"machine": machine, "dtype_on_cpu": CPU_DTYPE, "parameters": parameter_table()}
+        from pipeline.tiny import COMPLETE_MARKER
+
+        reused = (root / COMPLETE_MARKER).exists()
+        progress(f"{'reusing' if reused else 'building'} the full-size set in {root}")
+        build_started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pipeline.fullsize", str(root)], check=True)
+        result["build"] = {
+            "seconds": time.perf_counter() - build_started,
+            "peak_rss_mb": _children_peak_rss_mb(),
+            "disk_bytes": disk_bytes(root),
+            "reused": reused,  # then the figures above are not a build's
+        }
+        progress(f"built: {result['build']}")
+
+        report = out / "fullsize-child.json"
+        progress("loading it through load_page_generator in a fresh process, then drawing pages")
+        subprocess.run(
+            [sys.executable, "-m", "bench.fullsize", "--child", str(root), str(report), "--large" if args.large else "--no-large"],
+            check=True,
+        )
+        result["run"] = json.loads(report.read_text())
+        report.unlink()
+    finally:
+        if scratch is not None and not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+        elif scratch is not None:
+            progress(f"kept the models in {root}")
+    result["duration_s"] = time.monotonic() - started
+    # Other work on the machine slows every figure; the load at the end says whether it ran alone.
+    result["machine"]["load_average_at_end"] = list(os.getloadavg())
+    result = rounded(result)
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    progress(f"wrote {out / 'bench.json'}")
+    failed = [name for name, ok in result["run"]["checks"].items() if not ok]
+    if failed:
+        progress(f"FAILED checks: {failed}")
+        raise SystemExit(1)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The child: everything that needs the models in memory, so its peak RSS is the serving process's.
+
+
+class StepClock:
+    """Seconds per denoising step (ControlNet + UNet + scheduler), and the latents the VAE decodes, via hooks."""
+
+    def __init__(self, pipe):
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+        self.latents = None
+        pipe.controlnet.register_forward_pre_hook(lambda module, inputs: self.starts.append(time.perf_counter()))
+        pipe.unet.register_forward_hook(lambda module, inputs, output: self.ends.append(time.perf_counter()))
+        pipe.vae.post_quant_conv.register_forward_pre_hook(self._capture)
+
+    def _capture(self, module, inputs):
+        self.latents = inputs[0].detach().float().clone()
+
+    def reset(self):
+        self.starts, self.ends, self.latents = [], [], None
+
+    def step_seconds(self) -> list[float]:
+        return [end - start for start, end in zip(self.starts, self.ends)]
+
+
+def _draw(generator, clock, size: int, steps: int):
+    from bench.workload import character_picture, page_picture
+    from pipeline import PageRequest
+
+    request = PageRequest(
+        prompt="a fox and a bear have a picnic by the river",
+        prev_frame=page_picture(0, size),
+        characters=tuple(character_picture(k) for k in range(CHARACTERS)),
+        seed=7,
+        width=size,
+        height=size,
+        steps=steps,
+    )
+    clock.reset()
+    started = time.perf_counter()
+    [result] = generator.generate([request])
+    wall = time.perf_counter() - started
+    if not result.ok:
+        raise RuntimeError(f"the page failed: {result.error}")
+    return result, clock.latents, clock.step_seconds(), wall
+
+
+def child(root: Path, report: Path, large: bool) -> None:
+    import numpy as np
+    import psutil
+    import torch
+
+    from bench.inprocess import quiet_libraries
+    from pipeline import ModelPaths, Profile, Settings, load_page_generator
+
+    quiet_libraries()
+    rss = {"before_load_mb": psutil.Process().memory_info().rss / 2**20}
+    settings = Settings(profile=Profile.sdxl, model_dir=root, device="cpu", dtype=CPU_DTYPE)
+    started = time.perf_counter()
+    generator = load_page_generator(ModelPaths.under(root), settings)
+    load_s = time.perf_counter() - started
+    rss["after_load_mb"] = psutil.Process().memory_info().rss / 2**20
+    rss["peak_during_load_mb"] = _peak_rss_mb()
+    progress(f"child: loaded in {load_s:.1f} s, RSS {rss['after_load_mb']:.0f} MB (peak {rss['peak_during_load_mb']:.0f} MB)")
+    clock = StepClock(generator.pipe)
+
+    pages, latents, images = {}, {}, {}
+    variants = {
+        "full": {},
+        "face_adapter_off": {"face_adapter_scale": 0.0},
+        "style_adapter_off": {"style_adapter_scale": 0.0},
+        "controlnet_off": {"controlnet_scale": 0.0},
+    }
+    for name, change in variants.items():
+        generator.settings = settings.model_copy(update=change)
+        result, final_latents, steps, wall = _draw(generator, clock, CHECK_SIZE, CHECK_STEPS)
+        latents[name], images[name] = final_latents, np.asarray(result.image, dtype=np.float64)
+        pages[name] = {"wall_s": wall, "step_s": steps, "timings_ms": result.timings_ms, "size": list(result.image.size)}
+        progress(f"child: {name}: {wall:.1f} s, steps {[round(s, 2) for s in steps]} s, {result.timings_ms}")
+    generator.settings = settings
+
+    def changed(name: str) -> dict:
+        return {
+            "latent_mean_abs_diff": float((latents[name] - latents["full"]).abs().mean()),
+            "pixel_mean_abs_diff": float(np.abs(images[name] - images["full"]).mean()),
+        }
+
+    effects = {name: changed(name) for name in variants if name != "full"}
+    full = latents["full"]
+    checks = {
+        "page_size": all(page["size"] == [CHECK_SIZE, CHECK_SIZE] for page in pages.values()),
+        "latents_finite": all(bool(torch.isfinite(x).all()) for x in latents.values()),
+        "page_not_blank": float(images["full"].std()) > 1.0,
+        **{f"{name}_changes_page": effect["latent_mean_abs_diff"] > 0 and effect["pixel_mean_abs_diff"] > 0
+           for name, effect in effects.items()},
+    }
+    result = {
+        "load_s": load_s,
+        "rss": rss,
+        "check_pages": {"size": CHECK_SIZE, "steps": CHECK_STEPS, "characters": CHARACTERS, "continuation": True, **pages},
+        "effects": effects,
+        "latents_stats": {"mean": float(full.mean()), "std": float(full.std()), "max_abs": float(full.abs().max())},
+        "checks": checks,
+        "step_s": {str(CHECK_SIZE): median([s for page in pages.values() for s in page["step_s"]])},
+    }
+    if large:
+        page, final_latents, steps, wall = _draw(generator, clock, LARGE_SIZE, LARGE_STEPS)
+        result["step_s"][str(LARGE_SIZE)] = steps[0]
+        result["large_page"] = {"size": LARGE_SIZE, "steps": LARGE_STEPS, "wall_s": wall, "timings_ms": page.timings_ms,
+                                "latents_finite": bool(torch.isfinite(final_latents).all())}
+        checks["large_page_finite"] = result["large_page"]["latents_finite"]
+        progress(f"child: {LARGE_SIZE}²: {wall:.1f} s, step {steps[0]:.1f} s, {page.timings_ms}")
+    rss["peak_mb"] = _peak_rss_mb()
+    result["threads"] = torch.get_num_threads()
+    report.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 4 and sys.argv[1] == "--child":
+        child(Path(sys.argv[2]), Path(sys.argv[3]), large=len(sys.argv) < 5 or sys.argv[4] == "--large")
+    else:
+        raise SystemExit("run it as `python -m bench --full-size`")

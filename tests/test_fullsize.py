@@ -1,0 +1,120 @@
+"""The full-size random set's architecture (meta device: no weights allocated) and the GPU benchmark's CPU-side logic.
+
+The full-size build and run themselves are a benchmark (`python -m bench --full-size`), not a test: ~12 GB of
+weights and ~20 minutes.
+"""
+
+import json
+import sys
+
+import pytest
+import torch
+
+from bench.run import main as bench_main
+from pipeline import fullsize
+from pipeline.sources import MODEL_REPOS
+
+
+@pytest.fixture(scope="module")
+def table():
+    return {row["component"]: row for row in fullsize.parameter_table()}
+
+
+def test_every_component_matches_its_published_parameter_count(table):
+    assert set(table) == {c.name for c in fullsize.COMPONENTS}
+    for name, row in table.items():
+        assert row["matches"], f"{name}: built {row['built']:,}, published {row['published']:,}"
+    # The well-known exact counts, exactly.
+    assert table["unet"]["built"] == 2_567_463_684
+    assert (table["text_encoder"]["built"], table["text_encoder_2"]["built"]) == (123_060_480, 694_659_840)
+    assert table["image_encoder"]["built"] == 632_076_800
+
+
+def test_adapters_have_the_layout_diffusers_converts(table):
+    """The plus adapters' keys: a 4-layer resampler at ViT-H width, K/V for each of SDXL's 70 cross-attentions."""
+    shapes = fullsize.tensor_shapes("face_adapter")
+    kv = [key for key in shapes if key.startswith("ip_adapter.")]
+    assert len(kv) == 2 * 70
+    assert shapes["image_proj.latents"] == torch.Size([1, 16, 1280])
+    assert shapes["image_proj.proj_in.weight"] == torch.Size([1280, 1280])  # reads ViT-H's 1280-wide hidden states
+    assert shapes["image_proj.proj_out.weight"] == torch.Size([2048, 1280])  # writes the UNet's cross-attention width
+    assert {shapes[key][0] for key in kv} == {640, 1280}
+    assert table["face_adapter"]["built"] == table["style_adapter"]["built"]
+
+
+def test_configs_are_stored_for_every_model_folder():
+    folders = {path.name for path in fullsize.CONFIGS.iterdir() if path.is_dir()}
+    assert folders == {repo.folder for key, repo in MODEL_REPOS.items() if key != "depth"}  # depth: no config file
+    for path in fullsize.CONFIGS.rglob("*.json"):
+        json.loads(path.read_text())
+    assert "Where each configuration comes from" in (fullsize.CONFIGS / "SOURCES.md").read_text()
+
+
+def test_streaming_writer_round_trips_through_safetensors(tmp_path):
+    from safetensors.torch import load_file
+
+    shapes = {"a.weight": torch.Size([3, 5]), "b.bias": torch.Size([7]), "c.norm.weight": torch.Size([2, 2, 3])}
+    norms = {"c.norm.weight"}
+
+    def make(key, shape):
+        return fullsize.random_tensor(0, key, shape, norms, torch.float16)
+
+    path = tmp_path / "x.safetensors"
+    fullsize.write_safetensors_streaming(path, shapes, make, torch.float16)
+    loaded = load_file(str(path))
+    assert {key: tensor.shape for key, tensor in loaded.items()} == shapes
+    for key, shape in shapes.items():
+        assert torch.equal(loaded[key], make(key, shape)), key  # deterministic per tensor
+    assert loaded["c.norm.weight"].eq(1).all() and loaded["b.bias"].eq(0).all()
+    assert 0 < loaded["a.weight"].float().std() < 1
+
+
+# --- python -m bench --gpu: argument handling and the JSON it writes, on a machine without CUDA ------------------------
+
+
+def test_gpu_bench_skips_cleanly_without_cuda(tmp_path, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the skip path is not taken")
+    result = bench_main(["--gpu", "--out", str(tmp_path), "--part", "all", "--batches", "1,2"])
+    written = json.loads((tmp_path / "gpu.json").read_text())
+    assert "CUDA" in written["skipped"] and result["skipped"] == written["skipped"]
+    assert written["levers"] == {} and written["machine"]["gpu"] is None
+    assert written["request"].startswith("1024×1024, 30 steps")
+
+
+def test_gpu_bench_plans_the_levers_in_the_documented_order():
+    from bench import gpu
+
+    def args(*argv):
+        import argparse
+
+        parser = argparse.ArgumentParser()
+        gpu.add_arguments(parser)
+        return parser.parse_args(list(argv))
+
+    assert gpu.plan(args()) == [
+        ("fp16_sdpa", (1, 2, 4)), ("channels_last", (1, 2, 4)), ("fuse_qkv", (1, 2, 4)), ("cpu_offload", (1,)),
+    ]  # fmt: skip
+    assert gpu.plan(args("--part", "compile", "--batches", "2")) == [("compile", (2,))]
+    assert [lever for lever, _ in gpu.plan(args("--part", "all"))] == list(gpu.LEVERS)
+    # Each lever adds to the one before, as docs/PERFORMANCE.md orders them.
+    assert gpu.LEVERS["compile"] == {**gpu.LEVERS["fuse_qkv"], "compile": True}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--gpu", "--batches", "0"], ["--gpu", "--batches", "one"], ["--gpu", "--part", "turbo"], ["--gpu", "--full-size"]],
+)
+def test_gpu_bench_rejects_bad_arguments(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(argv)
+    assert exit_info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_bench_children_refuse_to_run_alone():
+    import subprocess
+
+    for module in ("bench.gpu", "bench.fullsize"):
+        run = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, timeout=120)
+        assert run.returncode != 0 and "python -m bench" in run.stderr
