@@ -1,0 +1,626 @@
+// Picture Book Studio: make a book in the browser with the service's own `POST /generate` and `POST /book/pdf`.
+//
+// Pages are drawn one by one, each request carrying the page before it as `prev_frame`: the server keeps no
+// session, so the studio works the same behind several replicas with no session affinity.
+"use strict";
+
+const MAX_CAST = 4;
+// The face adapter sees characters at 224 px: larger uploads only make every request heavier.
+const CAST_MAX_SIDE = 512;
+const KEY_STORAGE = "picturebook.apiKey";
+// Relative to /studio/, so the studio keeps working when the service sits under a path prefix.
+const GENERATE_URL = new URL("../generate", document.baseURI);
+const PDF_URL = new URL("../book/pdf", document.baseURI);
+
+const state = {
+  cast: [], // {id, name, b64, url}, left to right
+  castVersion: 0, // bumped when the cast's pictures or order change: drawn pages go out of date
+  pages: [], // see newPage()
+  nextId: 1,
+  busy: null, // the AbortController of the drawing or PDF task in progress
+  afterKey: null, // what to do again once an API key is given
+  note: null, // what the running or last task says, before the count of pages drawn
+};
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+class NeedKey extends Error {}
+
+// ---------------------------------------------------------------- model
+
+function newPage() {
+  return {
+    id: state.nextId++,
+    text: "",
+    prompt: "",
+    seed: "", // as typed; empty means "keep the last seed, or a random one"
+    img: null, // base64 PNG
+    usedSeed: null,
+    version: 0, // bumped at each drawing, so the next page knows its prev_frame changed
+    drawnWith: null, // inputsOf() at the time of drawing
+    error: "",
+    drawing: false,
+  };
+}
+
+function promptOf(page) {
+  return (page.prompt.trim() || page.text.trim());
+}
+
+// Everything a page's picture depends on; a drawn page whose inputs changed since is out of date.
+function inputsOf(index) {
+  const page = state.pages[index];
+  const prev = state.pages[index - 1];
+  return {
+    prompt: promptOf(page),
+    seed: page.seed.trim(),
+    cast: state.castVersion,
+    prev: prev ? `${prev.id}:${prev.version}` : "",
+  };
+}
+
+const STALE_REASONS = {
+  prev: "the page before it changed",
+  cast: "the characters changed",
+  prompt: "its text or prompt changed",
+  seed: "its seed changed",
+};
+
+function staleReason(index) {
+  const page = state.pages[index];
+  if (!page.img) return null;
+  const now = inputsOf(index);
+  const changed = Object.keys(STALE_REASONS).find((key) => now[key] !== page.drawnWith[key]);
+  return changed ? STALE_REASONS[changed] : null;
+}
+
+function isUpToDate(index) {
+  return state.pages[index].img !== null && staleReason(index) === null;
+}
+
+function canDraw(index) {
+  return index === 0 || state.pages[index - 1].img !== null;
+}
+
+function regionsFor(count) {
+  // Equal vertical strips, left to right, as fractions of the page.
+  return Array.from({ length: count }, (_, i) => [i / count, 0, (i + 1) / count, 1]);
+}
+
+function randomSeed(other) {
+  const value = new Uint32Array(1);
+  do {
+    crypto.getRandomValues(value);
+  } while (value[0] === other);
+  return value[0]; // 0 .. 2**32 - 1, the server's whole seed range
+}
+
+// The seed a page is drawn with: the one typed, else the one it was drawn with (a redraw after an edit keeps its
+// look), else none and the server picks.
+function chosenSeed(page) {
+  if (page.seed.trim() !== "") return Number(page.seed);
+  return page.usedSeed;
+}
+
+function bookTitle() {
+  return $("#title").value.trim() || "My picture book";
+}
+
+function move(list, index, by) {
+  const target = index + by;
+  if (target < 0 || target >= list.length) return false;
+  [list[index], list[target]] = [list[target], list[index]];
+  return true;
+}
+
+// ---------------------------------------------------------------- talking to the server
+
+function requestHeaders() {
+  const headers = { "Content-Type": "application/json" };
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  if (key) headers.Authorization = `Bearer ${key}`;
+  return headers;
+}
+
+async function postJson(url, body, signal) {
+  let response;
+  try {
+    response = await fetch(url, { method: "POST", headers: requestHeaders(), body: JSON.stringify(body), signal });
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new Error(`The server could not be reached (${error.message}). Is it still running?`);
+  }
+  if (response.ok) return response;
+  const answer = await response.json().catch(() => ({}));
+  if (response.status === 401) throw new NeedKey(sessionStorage.getItem(KEY_STORAGE) ? "refused" : "missing");
+  throw new Error(describeFailure(response, answer));
+}
+
+function describeFailure(response, answer) {
+  const said = typeof answer.error === "string" ? answer.error : "";
+  switch (response.status) {
+    case 400:
+    case 413:
+    case 415:
+      return `The server refused the request: ${fieldProblems(answer) || said || "bad request"}.`;
+    case 404:
+      return "This server does not offer that (404): it may run an older version of the service.";
+    case 422:
+      if (answer.kind === "content_refused") {
+        return `The server refused ${fieldName(String(answer.field || "prompt").split(/[.[\]]+/))}: ${said}`;
+      }
+      return `The server could not draw this page: ${said}`;
+    case 429:
+    case 503:
+      return `The server is busy${retryAfter(response)}. (${said || "overloaded"})`;
+    case 504:
+      return `Drawing took too long and was stopped (timeout). Try again. ${said}`;
+    case 507:
+      return `The server ran out of memory drawing this page. ${said}`;
+    default:
+      return `The server answered ${response.status}${said ? `: ${said}` : ""}.`;
+  }
+}
+
+function retryAfter(response) {
+  const value = response.headers.get("Retry-After");
+  if (!value) return "; try again later";
+  if (/^\d+$/.test(value)) return `; try again in ${value} second${value === "1" ? "" : "s"}`;
+  return `; try again after ${value}`;
+}
+
+function fieldProblems(answer) {
+  if (!Array.isArray(answer.detail)) return "";
+  return answer.detail
+    .filter((problem) => problem && problem.msg)
+    .map((problem) => `${fieldName(problem.loc || [])}: ${problem.msg}`)
+    .join("; ");
+}
+
+function fieldName(location) {
+  const parts = location.filter((part) => part !== "body" && part !== "");
+  const [field, index] = parts;
+  if (field === "characters" && index !== undefined) {
+    const character = state.cast[Number(index)];
+    return `the picture of ${character ? character.name || `character ${Number(index) + 1}` : "a character"}`;
+  }
+  const names = { prompt: "the drawing prompt", seed: "the seed", prev_frame: "the page before", regions: "the characters' places" };
+  return names[field] || (field ? `the field ${parts.join(".")}` : "the request");
+}
+
+// ---------------------------------------------------------------- drawing
+
+async function drawPage(index, signal, { newSeed = false } = {}) {
+  const page = state.pages[index];
+  const prev = state.pages[index - 1];
+  const inputs = inputsOf(index);
+  page.error = "";
+  if (!inputs.prompt) {
+    page.error = "Write the text or a drawing prompt for this page first.";
+    return false;
+  }
+  const body = { prompt: inputs.prompt, characters: state.cast.map((character) => character.b64) };
+  if (prev) body.prev_frame = prev.img;
+  if (state.cast.length >= 2) body.regions = regionsFor(state.cast.length);
+  const seed = newSeed ? randomSeed(page.usedSeed) : chosenSeed(page);
+  if (seed !== null) body.seed = seed;
+
+  page.drawing = true;
+  renderBook();
+  try {
+    const answer = await (await postJson(GENERATE_URL, body, signal)).json();
+    Object.assign(page, { img: answer.img, usedSeed: answer.seed, drawnWith: inputs });
+    page.version += 1;
+    return true;
+  } catch (error) {
+    if (error instanceof NeedKey) page.error = "Waiting for the API key (asked above).";
+    else if (error.name === "AbortError") page.error = "Stopped before this page was drawn.";
+    else page.error = error.message;
+    if (error instanceof NeedKey || error.name === "AbortError") throw error;
+    return false;
+  } finally {
+    page.drawing = false;
+    renderBook();
+  }
+}
+
+// Draws, in order from `from`, every page that is not drawn or out of date (redrawing a page puts the next one
+// out of date, so this goes on to the end of the book).
+async function drawFrom(from, signal) {
+  for (;;) {
+    const index = state.pages.findIndex((_, i) => i >= from && !isUpToDate(i));
+    if (index < 0) break;
+    const total = state.pages.length;
+    setProgressText(`Drawing page ${index + 1} of ${total}…`);
+    if (!(await drawPage(index, signal))) {
+      setProgressText(`Stopped at page ${index + 1} of ${total}: see the message on that page.`);
+      return;
+    }
+  }
+  setProgressText(null);
+}
+
+async function redrawWithNewSeed(index, signal) {
+  setProgressText(`Drawing page ${index + 1} of ${state.pages.length} with a new seed…`);
+  const drawn = await drawPage(index, signal, { newSeed: true });
+  setProgressText(drawn ? null : `Page ${index + 1} was not drawn: see the message on that page.`);
+}
+
+async function downloadPdf(signal) {
+  $("#pdf-message").textContent = "Making the PDF…";
+  $("#pdf-message").classList.remove("error");
+  const pages = state.pages.map((page) => ({ img: page.img, text: page.text }));
+  try {
+    const response = await postJson(PDF_URL, { title: bookTitle(), pages }, signal);
+    saveBlob(await response.blob(), `${fileStem(bookTitle())}.pdf`);
+    $("#pdf-message").textContent = "PDF downloaded.";
+  } catch (error) {
+    if (error instanceof NeedKey) $("#pdf-message").textContent = "Waiting for the API key (asked above).";
+    else if (error.name === "AbortError") $("#pdf-message").textContent = "Stopped.";
+    else {
+      $("#pdf-message").textContent = `No PDF: ${error.message}`;
+      $("#pdf-message").classList.add("error");
+    }
+    if (error instanceof NeedKey || error.name === "AbortError") throw error;
+  }
+}
+
+function fileStem(title) {
+  return title.replace(/[\\/:*?"<>|]+/g, " ").trim().slice(0, 80) || "picture-book";
+}
+
+function saveBlob(blob, name) {
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+}
+
+// One drawing or PDF task at a time; a missing or refused key pauses it until the key is given.
+async function runTask(task) {
+  if (state.busy) return;
+  const controller = new AbortController();
+  state.busy = controller;
+  state.note = null;
+  renderControls();
+  try {
+    await task(controller.signal);
+  } catch (error) {
+    if (error instanceof NeedKey) {
+      state.note = "Waiting for the API key.";
+      askForKey(error.message, () => runTask(task));
+    } else if (error.name === "AbortError") state.note = "Stopped.";
+    else throw error;
+  } finally {
+    state.busy = null;
+    renderBook();
+  }
+}
+
+// ---------------------------------------------------------------- API key
+
+function askForKey(reason, retry) {
+  state.afterKey = retry;
+  $("#key-reason").textContent =
+    reason === "refused"
+      ? "The server did not accept that API key. Check it and enter it again."
+      : "This server needs an API key. Enter it once: the studio keeps it for this tab.";
+  $("#key-form").hidden = false;
+  $("#key-input").value = "";
+  $("#key-input").focus();
+}
+
+function onKeySubmit(event) {
+  event.preventDefault();
+  const key = $("#key-input").value.trim();
+  if (!key) return;
+  sessionStorage.setItem(KEY_STORAGE, key);
+  $("#key-form").hidden = true;
+  const retry = state.afterKey;
+  state.afterKey = null;
+  renderControls();
+  if (retry) retry();
+}
+
+function closeKeyForm() {
+  $("#key-form").hidden = true;
+  state.afterKey = null;
+  $("#draw").focus();
+}
+
+// ---------------------------------------------------------------- characters
+
+async function readPicture(file) {
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file);
+  } catch {
+    throw new Error(`${file.name} is not a picture this browser can read.`);
+  }
+  const scale = Math.min(1, CAST_MAX_SIDE / Math.max(bitmap.width, bitmap.height));
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+  canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+  canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  bitmap.close();
+  return canvas.toDataURL("image/png"); // PNG keeps transparent cut-outs transparent
+}
+
+async function onCastFiles(event) {
+  const input = event.target;
+  const files = Array.from(input.files);
+  const room = MAX_CAST - state.cast.length;
+  const problems = files.length > room ? [`Only ${MAX_CAST} characters fit: ${files.length - room} left out.`] : [];
+  for (const file of files.slice(0, room)) {
+    try {
+      const url = await readPicture(file);
+      const name = file.name.replace(/\.[^.]+$/, "");
+      state.cast.push({ id: state.nextId++, name, url, b64: url.slice(url.indexOf(",") + 1) });
+      state.castVersion += 1;
+    } catch (error) {
+      problems.push(error.message);
+    }
+  }
+  input.value = "";
+  $("#cast-message").textContent = problems.join(" ");
+  $("#cast-message").classList.toggle("error", problems.length > 0);
+  renderCast();
+  renderBook();
+}
+
+function onCastClick(event) {
+  const button = event.target.closest("button[data-action]");
+  if (!button) return;
+  const item = button.closest("li");
+  const index = state.cast.findIndex((character) => String(character.id) === item.dataset.id);
+  const action = button.dataset.action;
+  if (action === "remove") state.cast.splice(index, 1);
+  else if (!move(state.cast, index, action === "left" ? -1 : 1)) return;
+  state.castVersion += 1;
+  renderCast();
+  refocus("#cast-list", item.dataset.id, action, ["remove", "left", "right"], "#cast-file");
+  renderBook();
+}
+
+function onCastInput(event) {
+  const item = event.target.closest("li");
+  const character = state.cast.find((c) => String(c.id) === item.dataset.id);
+  character.name = event.target.value;
+  renderCast(); // names appear in the buttons' labels and in the places
+}
+
+// ---------------------------------------------------------------- pages
+
+function addPage() {
+  state.pages.push(newPage());
+  renderPages();
+  renderBook();
+  $(`#page-list li:last-child textarea`).focus();
+}
+
+function onPageListClick(event) {
+  const button = event.target.closest("button[data-action]");
+  if (!button) return;
+  const item = button.closest("li");
+  const index = state.pages.findIndex((page) => String(page.id) === item.dataset.id);
+  const action = button.dataset.action;
+  if (action === "remove") {
+    if (state.pages.length === 1) return;
+    state.pages.splice(index, 1);
+  } else if (!move(state.pages, index, action === "up" ? -1 : 1)) return;
+  renderPages();
+  refocus("#page-list", item.dataset.id, action, ["remove", "up", "down"], "#add-page");
+  renderBook();
+}
+
+function onPageListInput(event) {
+  const field = event.target.dataset.field;
+  if (!field) return;
+  const item = event.target.closest("li");
+  const page = state.pages.find((p) => String(p.id) === item.dataset.id);
+  page[field] = event.target.value;
+  renderBook();
+}
+
+// After a list is redrawn, keep the keyboard where it was: on the same button of the same item, or the nearest
+// one that still makes sense.
+function refocus(listSelector, id, action, order, fallback) {
+  const item = $(`${listSelector} li[data-id="${id}"]`);
+  const candidates = item ? [action, ...order].map((a) => $(`button[data-action="${a}"]`, item)) : [];
+  const target = candidates.find((button) => button && !button.disabled) || $(fallback);
+  target.focus();
+}
+
+// ---------------------------------------------------------------- rendering
+
+function fromTemplate(id) {
+  return document.getElementById(id).content.firstElementChild.cloneNode(true);
+}
+
+// Keyed update: existing elements stay (focus and pictures with them); only missing ones are made or moved.
+function syncList(list, items, make, update) {
+  const wanted = new Set(items.map((item) => String(item.id)));
+  for (const element of Array.from(list.children)) {
+    if (!wanted.has(element.dataset.id)) element.remove();
+  }
+  items.forEach((item, index) => {
+    let element = $(`:scope > li[data-id="${item.id}"]`, list);
+    if (!element) {
+      element = make(item);
+      element.dataset.id = String(item.id);
+    }
+    if (list.children[index] !== element) list.insertBefore(element, list.children[index] || null);
+    update(element, item, index);
+  });
+}
+
+function setHiddenLabel(button, text) {
+  $(".visually-hidden", button).textContent = text;
+}
+
+function placeName(index, count) {
+  if (count === 1) return "Alone on the page";
+  if (index === 0) return "Left";
+  if (index === count - 1) return "Right";
+  return `Middle (${index + 1} of ${count} from the left)`;
+}
+
+function renderCast() {
+  const count = state.cast.length;
+  syncList($("#cast-list"), state.cast, (character) => {
+    const item = fromTemplate("cast-item");
+    $(".thumb", item).src = character.url;
+    $(".cast-name", item).value = character.name;
+    return item;
+  }, (item, character, index) => {
+    const who = character.name.trim() || `character ${index + 1}`;
+    $(".thumb", item).alt = `Picture of ${who}`;
+    $(".place", item).textContent = placeName(index, count);
+    $(".cast-name", item).setAttribute("aria-label", `Name of character ${index + 1}`);
+    const [left, right, remove] = item.querySelectorAll("button");
+    setHiddenLabel(left, ` Move ${who} left`);
+    setHiddenLabel(right, ` Move ${who} right`);
+    setHiddenLabel(remove, ` ${who}`);
+    left.disabled = index === 0;
+    right.disabled = index === count - 1;
+  });
+  $("#cast-file").disabled = count >= MAX_CAST;
+  $("#cast-full").hidden = count < MAX_CAST;
+}
+
+function renderPages() {
+  const count = state.pages.length;
+  syncList($("#page-list"), state.pages, (page) => {
+    const editor = fromTemplate("page-editor");
+    for (const input of editor.querySelectorAll("[data-field]")) input.value = page[input.dataset.field];
+    return editor;
+  }, (editor, page, index) => {
+    const n = index + 1;
+    $(".editor-number", editor).textContent = `Page ${n}`;
+    const [up, down, remove] = editor.querySelectorAll("button");
+    setHiddenLabel(up, ` Move page ${n} up`);
+    setHiddenLabel(down, ` Move page ${n} down`);
+    setHiddenLabel(remove, ` page ${n}`);
+    up.disabled = index === 0;
+    down.disabled = index === count - 1;
+    remove.disabled = count === 1;
+  });
+}
+
+function renderBook() {
+  $("#book-title").textContent = bookTitle();
+  syncList($("#book"), state.pages, () => fromTemplate("page-card"), renderCard);
+  renderControls();
+  showProgress();
+}
+
+function renderCard(card, page, index) {
+  const n = index + 1;
+  const busy = state.busy !== null;
+  const picture = $(".picture", card);
+  if (page.img && picture.dataset.version !== `${page.version}`) {
+    picture.src = `data:image/png;base64,${page.img}`;
+    picture.dataset.version = `${page.version}`;
+  }
+  picture.hidden = !page.img;
+  picture.alt = `Picture of page ${n}`;
+  card.classList.toggle("drawing", page.drawing);
+  card.setAttribute("aria-busy", String(page.drawing));
+  $(".slot-note", card).textContent = page.drawing ? "Drawing…" : page.img ? "" : "Not drawn yet";
+  $(".card-number", card).textContent = `Page ${n}`;
+  $(".card-seed", card).textContent = page.usedSeed !== null && page.img ? `· seed ${page.usedSeed}` : "";
+  $(".card-text", card).textContent = page.text;
+
+  const reason = staleReason(index);
+  card.classList.toggle("stale", reason !== null);
+  $(".card-stale", card).textContent = reason ? `Out of date: ${reason}.` : "";
+  $(".card-error", card).textContent = page.error;
+
+  const [redraw, fromHere] = card.querySelectorAll("button");
+  setHiddenLabel(redraw, ` for page ${n}`);
+  redraw.disabled = busy || !page.img || !canDraw(index);
+  setHiddenLabel(fromHere, ` (page ${n} to the end)`);
+  fromHere.hidden = isUpToDate(index) || !canDraw(index) || (!page.img && !page.error);
+  fromHere.disabled = busy;
+
+  const png = $("a[data-action=png]", card);
+  setHiddenLabel(png, ` of page ${n}`);
+  png.hidden = !page.img;
+  if (page.img) {
+    png.href = picture.src;
+    png.download = `${fileStem(bookTitle())} - page ${n}.png`;
+  }
+}
+
+function renderControls() {
+  const busy = state.busy !== null;
+  const allDrawn = state.pages.every((page) => page.img);
+  $("#draw").disabled = busy;
+  $("#draw").textContent = state.pages.some((page) => page.img) && !allDrawn ? "Draw the rest" : "Draw the book";
+  $("#stop").disabled = !busy;
+  $("#download-pdf").disabled = busy || !allDrawn;
+  $("#forget-key").hidden = !sessionStorage.getItem(KEY_STORAGE);
+  const progress = $("#progress");
+  progress.max = state.pages.length;
+  progress.value = state.pages.filter((_, i) => isUpToDate(i)).length;
+}
+
+function progressSummary() {
+  const total = state.pages.length;
+  const upToDate = state.pages.filter((_, i) => isUpToDate(i)).length;
+  const outOfDate = state.pages.filter((page, i) => page.img && !isUpToDate(i)).length;
+  if (upToDate === 0 && outOfDate === 0) return "Nothing drawn yet.";
+  const stale = outOfDate ? ` (${outOfDate} out of date)` : "";
+  return `${upToDate} of ${total} pages drawn${stale}.`;
+}
+
+function setProgressText(note) {
+  state.note = note;
+  showProgress();
+}
+
+function showProgress() {
+  const text = state.note ? `${state.note} ${progressSummary()}` : progressSummary();
+  const element = $("#progress-text");
+  if (element.textContent !== text) element.textContent = text; // unchanged text is not announced again
+}
+
+// ---------------------------------------------------------------- wiring
+
+function onBookClick(event) {
+  const button = event.target.closest("button[data-action]");
+  if (!button) return;
+  const index = state.pages.findIndex((page) => String(page.id) === button.closest("li").dataset.id);
+  if (button.dataset.action === "redraw") runTask((signal) => redrawWithNewSeed(index, signal));
+  else runTask((signal) => drawFrom(index, signal));
+}
+
+function start() {
+  $("#title").addEventListener("input", renderBook);
+  $("#cast-file").addEventListener("change", onCastFiles);
+  $("#cast-list").addEventListener("click", onCastClick);
+  $("#cast-list").addEventListener("input", onCastInput);
+  $("#add-page").addEventListener("click", addPage);
+  $("#page-list").addEventListener("click", onPageListClick);
+  $("#page-list").addEventListener("input", onPageListInput);
+  $("#book").addEventListener("click", onBookClick);
+  $("#draw").addEventListener("click", () => runTask((signal) => drawFrom(0, signal)));
+  $("#stop").addEventListener("click", () => state.busy && state.busy.abort());
+  $("#download-pdf").addEventListener("click", () => runTask(downloadPdf));
+  $("#key-form").addEventListener("submit", onKeySubmit);
+  $("#key-cancel").addEventListener("click", closeKeyForm);
+  $("#forget-key").addEventListener("click", () => {
+    sessionStorage.removeItem(KEY_STORAGE);
+    renderControls();
+    $("#draw").focus();
+  });
+  state.pages.push(newPage());
+  renderCast();
+  renderPages();
+  renderBook();
+}
+
+start();
