@@ -541,7 +541,9 @@ function renderCard(card, page, index) {
 
   const [redraw, fromHere] = card.querySelectorAll("button");
   setHiddenLabel(redraw, ` for page ${n}`);
-  redraw.disabled = busy || !page.img || !canDraw(index);
+  redraw.hidden = !page.img;
+  redraw.disabled = busy || !canDraw(index);
+  fromHere.firstChild.nodeValue = page.img ? "Redraw from here" : "Draw from here";
   setHiddenLabel(fromHere, ` (page ${n} to the end)`);
   fromHere.hidden = isUpToDate(index) || !canDraw(index) || (!page.img && !page.error);
   fromHere.disabled = busy;
