@@ -76,7 +76,15 @@ def run(args) -> dict:
         report = out / "fullsize-child.json"
         progress("loading it through load_page_generator in a fresh process, then drawing pages")
         subprocess.run(
-            [sys.executable, "-m", "bench.fullsize", "--child", str(root), str(report), "--large" if args.large else "--no-large"],
+            [
+                sys.executable,
+                "-m",
+                "bench.fullsize",
+                "--child",
+                str(root),
+                str(report),
+                "--large" if args.large else "--no-large",
+            ],
             check=True,
         )
         result["run"] = json.loads(report.read_text())
@@ -162,7 +170,9 @@ def child(root: Path, report: Path, large: bool) -> None:
     load_s = time.perf_counter() - started
     rss["after_load_mb"] = psutil.Process().memory_info().rss / 2**20
     rss["peak_during_load_mb"] = _peak_rss_mb()
-    progress(f"child: loaded in {load_s:.1f} s, RSS {rss['after_load_mb']:.0f} MB (peak {rss['peak_during_load_mb']:.0f} MB)")
+    progress(
+        f"child: loaded in {load_s:.1f} s, RSS {rss['after_load_mb']:.0f} MB (peak {rss['peak_during_load_mb']:.0f} MB)"
+    )
     clock = StepClock(generator.pipe)
 
     pages, latents, images = {}, {}, {}
@@ -176,7 +186,12 @@ def child(root: Path, report: Path, large: bool) -> None:
         generator.settings = settings.model_copy(update=change)
         result, final_latents, steps, wall = _draw(generator, clock, CHECK_SIZE, CHECK_STEPS)
         latents[name], images[name] = final_latents, np.asarray(result.image, dtype=np.float64)
-        pages[name] = {"wall_s": wall, "step_s": steps, "timings_ms": result.timings_ms, "size": list(result.image.size)}
+        pages[name] = {
+            "wall_s": wall,
+            "step_s": steps,
+            "timings_ms": result.timings_ms,
+            "size": list(result.image.size),
+        }
         progress(f"child: {name}: {wall:.1f} s, steps {[round(s, 2) for s in steps]} s, {result.timings_ms}")
     generator.settings = settings
 
@@ -192,13 +207,21 @@ def child(root: Path, report: Path, large: bool) -> None:
         "page_size": all(page["size"] == [CHECK_SIZE, CHECK_SIZE] for page in pages.values()),
         "latents_finite": all(bool(torch.isfinite(x).all()) for x in latents.values()),
         "page_not_blank": float(images["full"].std()) > 1.0,
-        **{f"{name}_changes_page": effect["latent_mean_abs_diff"] > 0 and effect["pixel_mean_abs_diff"] > 0
-           for name, effect in effects.items()},
+        **{
+            f"{name}_changes_page": effect["latent_mean_abs_diff"] > 0 and effect["pixel_mean_abs_diff"] > 0
+            for name, effect in effects.items()
+        },
     }
     result = {
         "load_s": load_s,
         "rss": rss,
-        "check_pages": {"size": CHECK_SIZE, "steps": CHECK_STEPS, "characters": CHARACTERS, "continuation": True, **pages},
+        "check_pages": {
+            "size": CHECK_SIZE,
+            "steps": CHECK_STEPS,
+            "characters": CHARACTERS,
+            "continuation": True,
+            **pages,
+        },
         "effects": effects,
         "latents_stats": {"mean": float(full.mean()), "std": float(full.std()), "max_abs": float(full.abs().max())},
         "checks": checks,
@@ -207,8 +230,13 @@ def child(root: Path, report: Path, large: bool) -> None:
     if large:
         page, final_latents, steps, wall = _draw(generator, clock, LARGE_SIZE, LARGE_STEPS)
         result["step_s"][str(LARGE_SIZE)] = steps[0]
-        result["large_page"] = {"size": LARGE_SIZE, "steps": LARGE_STEPS, "wall_s": wall, "timings_ms": page.timings_ms,
-                                "latents_finite": bool(torch.isfinite(final_latents).all())}
+        result["large_page"] = {
+            "size": LARGE_SIZE,
+            "steps": LARGE_STEPS,
+            "wall_s": wall,
+            "timings_ms": page.timings_ms,
+            "latents_finite": bool(torch.isfinite(final_latents).all()),
+        }
         checks["large_page_finite"] = result["large_page"]["latents_finite"]
         progress(f"child: {LARGE_SIZE}²: {wall:.1f} s, step {steps[0]:.1f} s, {page.timings_ms}")
     rss["peak_mb"] = _peak_rss_mb()

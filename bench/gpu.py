@@ -44,7 +44,10 @@ PARTS = {
 }
 OFFLOAD_BATCHES = (1,)  # offload is about fitting a small GPU, not throughput
 TARGETS = {
-    "diffusers_a100_compile_s": (2.45, "diffusers' published plain SDXL 1024²/30 steps on an A100 with torch.compile (2.4–2.5 s)"),
+    "diffusers_a100_compile_s": (
+        2.45,
+        "diffusers' published plain SDXL 1024²/30 steps on an A100 with torch.compile (2.4–2.5 s)",
+    ),
     "tensorrt_h100_s": (1.5, "TensorRT's SDXL 1024²/30 steps on an H100 (~1.5 s)"),
     "offload_peak_gb": (8.0, "the original backend's promise: runs on an 8 GB GPU with model CPU offload"),
 }
@@ -94,7 +97,9 @@ def run(args) -> dict:
     path = out / "gpu.json"
     result = _load_results(path)
     result.setdefault("levers", {})
-    result.update(machine=describe(), request=f"{args.size}×{args.size}, {args.steps} steps, continuation page, 2 characters")
+    result.update(
+        machine=describe(), request=f"{args.size}×{args.size}, {args.steps} steps, continuation page, 2 characters"
+    )
     if not torch.cuda.is_available():
         result["skipped"] = "CUDA is not available on this machine; nothing was measured"
         path.write_text(json.dumps(rounded(result), indent=2) + "\n")
@@ -165,7 +170,10 @@ def child(lever: str, root: Path, report: Path, batches: tuple[int, ...], steps:
                 prompt=f"page {i}: a fox and a bear have a picnic by the river",
                 prev_frame=page_picture(i, size),
                 characters=tuple(character_picture(i + k) for k in range(CHARACTERS)),
-                seed=i, width=size, height=size, steps=page_steps,
+                seed=i,
+                width=size,
+                height=size,
+                steps=page_steps,
             )  # fmt: skip
             for i in range(batch)
         ]

@@ -48,13 +48,23 @@ SERVERS = {"batching_on": 8, "batching_off": 1}  # PICTUREBOOK_MAX_BATCH_SIZE
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats: about 5 minutes instead of about 10")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default bench-out/, bench-out/fullsize/, bench-out/gpu/)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default bench-out/, bench-out/fullsize/, bench-out/gpu/)"
+    )
     real_size = parser.add_argument_group("real-size benchmarks (random weights at SDXL's size)")
     modes = real_size.add_mutually_exclusive_group()
-    modes.add_argument("--full-size", action="store_true", help="build the full-size set and run it on this CPU (~12 min, 13 GB disk, 17 GB RAM)")
-    modes.add_argument("--gpu", action="store_true", help="the GPU levers on a CUDA machine (skips cleanly without CUDA)")
+    modes.add_argument(
+        "--full-size",
+        action="store_true",
+        help="build the full-size set and run it on this CPU (~12 min, 13 GB disk, 17 GB RAM)",
+    )
+    modes.add_argument(
+        "--gpu", action="store_true", help="the GPU levers on a CUDA machine (skips cleanly without CUDA)"
+    )
     real_size.add_argument("--model-dir", type=Path, help="reuse (or build into, and keep) the full-size set here")
-    real_size.add_argument("--scratch", type=Path, help="where a temporary full-size set is built (default: the temp folder)")
+    real_size.add_argument(
+        "--scratch", type=Path, help="where a temporary full-size set is built (default: the temp folder)"
+    )
     real_size.add_argument("--keep", action="store_true", help="keep the temporary full-size set")
     real_size.add_argument("--no-large", dest="large", action="store_false", help="--full-size: skip the 1024² step")
     from bench.gpu import add_arguments as add_gpu_arguments

@@ -20,7 +20,7 @@ import struct
 import sys
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -60,24 +60,73 @@ class Component:
 
 
 COMPONENTS = (
-    Component("unet", "base", "unet/diffusion_pytorch_model.safetensors", 2_567_463_684,
-              "SDXL base UNet, 2,567,463,684 parameters (SDXL report: 2.6 B; diffusers' count of the hub weights)"),
-    Component("text_encoder", "base", "text_encoder/model.safetensors", 123_060_480,
-              "CLIP ViT-L/14 text tower, 123,060,480 parameters (openai/clip-vit-large-patch14)"),
-    Component("text_encoder_2", "base", "text_encoder_2/model.safetensors", 694_659_840,
-              "OpenCLIP ViT-bigG/14 text tower + projection, 694,659,840 parameters"),
-    Component("vae", "vae", "diffusion_pytorch_model.safetensors", 83_653_863,
-              "SDXL VAE (fp16-fix has the same architecture), 83,653,863 parameters"),
-    Component("controlnet", "controlnet", "diffusion_pytorch_model.safetensors", 1_250_000_000,
-              "controlnet-depth-sdxl-1.0: 1.25 B parameters (its 5.0 GB float32 weights file)", 5_000_000),
-    Component("image_encoder", "ip_adapter", f"{IMAGE_ENCODER_FOLDER}/model.safetensors", 632_076_800,
-              "OpenCLIP ViT-H/14 vision tower + projection, 632,076,800 parameters (2.53 GB of float32)"),
-    Component("face_adapter", "ip_adapter", f"{ADAPTER_SUBFOLDER}/{FACE_ADAPTER_WEIGHTS}", 424_000_000,
-              "ip-adapter-plus-face_sdxl_vit-h.safetensors: 424 M parameters (its 848 MB float16 file)", 500_000),
-    Component("style_adapter", "ip_adapter", f"{ADAPTER_SUBFOLDER}/{STYLE_ADAPTER_WEIGHTS}", 424_000_000,
-              "ip-adapter-plus_sdxl_vit-h.safetensors: 424 M parameters (its 848 MB float16 file)", 500_000),
-    Component("depth", "depth", PROFILES[Profile.sdxl].depth_checkpoint, 123_000_000,
-              "dpt_hybrid-midas-501f0c75.pt: MiDaS v3 DPT-Hybrid, 123 M parameters (MiDaS model table)", 500_000),
+    Component(
+        "unet",
+        "base",
+        "unet/diffusion_pytorch_model.safetensors",
+        2_567_463_684,
+        "SDXL base UNet, 2,567,463,684 parameters (SDXL report: 2.6 B; diffusers' count of the hub weights)",
+    ),
+    Component(
+        "text_encoder",
+        "base",
+        "text_encoder/model.safetensors",
+        123_060_480,
+        "CLIP ViT-L/14 text tower, 123,060,480 parameters (openai/clip-vit-large-patch14)",
+    ),
+    Component(
+        "text_encoder_2",
+        "base",
+        "text_encoder_2/model.safetensors",
+        694_659_840,
+        "OpenCLIP ViT-bigG/14 text tower + projection, 694,659,840 parameters",
+    ),
+    Component(
+        "vae",
+        "vae",
+        "diffusion_pytorch_model.safetensors",
+        83_653_863,
+        "SDXL VAE (fp16-fix has the same architecture), 83,653,863 parameters",
+    ),
+    Component(
+        "controlnet",
+        "controlnet",
+        "diffusion_pytorch_model.safetensors",
+        1_250_000_000,
+        "controlnet-depth-sdxl-1.0: 1.25 B parameters (its 5.0 GB float32 weights file)",
+        5_000_000,
+    ),
+    Component(
+        "image_encoder",
+        "ip_adapter",
+        f"{IMAGE_ENCODER_FOLDER}/model.safetensors",
+        632_076_800,
+        "OpenCLIP ViT-H/14 vision tower + projection, 632,076,800 parameters (2.53 GB of float32)",
+    ),
+    Component(
+        "face_adapter",
+        "ip_adapter",
+        f"{ADAPTER_SUBFOLDER}/{FACE_ADAPTER_WEIGHTS}",
+        424_000_000,
+        "ip-adapter-plus-face_sdxl_vit-h.safetensors: 424 M parameters (its 848 MB float16 file)",
+        500_000,
+    ),
+    Component(
+        "style_adapter",
+        "ip_adapter",
+        f"{ADAPTER_SUBFOLDER}/{STYLE_ADAPTER_WEIGHTS}",
+        424_000_000,
+        "ip-adapter-plus_sdxl_vit-h.safetensors: 424 M parameters (its 848 MB float16 file)",
+        500_000,
+    ),
+    Component(
+        "depth",
+        "depth",
+        PROFILES[Profile.sdxl].depth_checkpoint,
+        123_000_000,
+        "dpt_hybrid-midas-501f0c75.pt: MiDaS v3 DPT-Hybrid, 123 M parameters (MiDaS model table)",
+        500_000,
+    ),
 )
 
 
@@ -109,7 +158,9 @@ def meta_model(name: str):
             from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
             folder = MODEL_REPOS["ip_adapter"].folder
-            return CLIPVisionModelWithProjection(CLIPVisionConfig.from_dict(_config(f"{folder}/{IMAGE_ENCODER_FOLDER}/config.json")))
+            return CLIPVisionModelWithProjection(
+                CLIPVisionConfig.from_dict(_config(f"{folder}/{IMAGE_ENCODER_FOLDER}/config.json"))
+            )
         if name == "depth":
             from .depth import build_depth_network
 
@@ -129,7 +180,7 @@ def tensor_shapes(name: str) -> dict[str, torch.Size]:
     return {key: tensor.shape for key, tensor in meta_model(name).state_dict().items()}
 
 
-@lru_cache(maxsize=None)
+@cache
 def parameter_counts() -> dict[str, int]:
     return {c.name: sum(shape.numel() for shape in tensor_shapes(c.name).values()) for c in COMPONENTS}
 
@@ -190,7 +241,11 @@ def write_safetensors_streaming(path: Path, shapes: dict[str, torch.Size], make,
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for key, shape in shapes.items():
         size = shape.numel() * itemsize
-        header[key] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        header[key] = {
+            "dtype": _SAFETENSORS_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the format aligns the data that follows to 8 bytes
@@ -217,7 +272,10 @@ def _write_model(name: str, staging: Path, seed: int) -> None:
     norms = _norm_parameters(model)
     shapes = {key: tensor.shape for key, tensor in model.state_dict().items()}
     write_safetensors_streaming(
-        folder / component.weights, shapes, lambda key, shape: random_tensor(seed, key, shape, norms, WEIGHTS_DTYPE), WEIGHTS_DTYPE
+        folder / component.weights,
+        shapes,
+        lambda key, shape: random_tensor(seed, key, shape, norms, WEIGHTS_DTYPE),
+        WEIGHTS_DTYPE,
     )
     config = Path(component.weights).parent / "config.json"
     _copy_config(str(Path(MODEL_REPOS[component.repo].folder) / config), staging)
@@ -327,8 +385,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.counts or args.dir is None:
         for row in parameter_table():
-            print(f"{row['component']:15} {row['built']:>14,} built  {row['published']:>14,} published  "
-                  f"{row['relative_difference']:.3%}  {'ok' if row['matches'] else 'MISMATCH'}")
+            print(
+                f"{row['component']:15} {row['built']:>14,} built  {row['published']:>14,} published  "
+                f"{row['relative_difference']:.3%}  {'ok' if row['matches'] else 'MISMATCH'}"
+            )
         return
     print(build_full_size_models(args.dir, args.seed, log=lambda message: print(message, file=sys.stderr, flush=True)))
 

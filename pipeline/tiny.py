@@ -207,7 +207,12 @@ def _write_ip_adapters(folder: Path, unet):
     for weights in (FACE_ADAPTER_WEIGHTS, STYLE_ADAPTER_WEIGHTS):
         path = folder / ADAPTER_SUBFOLDER / weights
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(plus_adapter_state_dict(unet, TINY_ADAPTER, _seeded_normal), str(path))
+        state = plus_adapter_state_dict(unet, TINY_ADAPTER, _seeded_normal)
+        # A stronger resampler output, so each character picture and the previous page move the page strongly.
+        state = {
+            key: value * RESAMPLER_GAIN if key.startswith("image_proj.") else value for key, value in state.items()
+        }
+        save_file(state, str(path))
 
 
 @dataclass(frozen=True)
@@ -221,7 +226,9 @@ class PlusAdapterShape:
     kv_std: float  # spread of the random K/V projections (large enough that an adapter visibly acts)
 
 
-TINY_ADAPTER = PlusAdapterShape(vision_width=VISION_WIDTH, width=RESAMPLER_WIDTH, queries=RESAMPLER_QUERIES, depth=RESAMPLER_DEPTH, kv_std=0.2)
+TINY_ADAPTER = PlusAdapterShape(
+    vision_width=VISION_WIDTH, width=RESAMPLER_WIDTH, queries=RESAMPLER_QUERIES, depth=RESAMPLER_DEPTH, kv_std=0.2
+)
 
 
 def _seeded_normal(name: str, shape: tuple[int, ...], std: float) -> torch.Tensor:
@@ -254,9 +261,6 @@ def plus_adapter_state_dict(unet, shape: PlusAdapterShape, normal) -> dict[str, 
         state[f"{layer}.1.0.bias"] = torch.zeros(width)
         state[f"{layer}.1.1.weight"] = normal(f"{layer}.1.1.weight", (4 * width, width), 0.05)
         state[f"{layer}.1.3.weight"] = normal(f"{layer}.1.3.weight", (width, 4 * width), 0.05)
-
-    # A stronger resampler output, so each character picture and the previous page move the page strongly.
-    state = {key: value * RESAMPLER_GAIN for key, value in state.items()}
 
     # K/V projections for every cross-attention layer, numbered as the original repo numbers them: over all
     # attention processors in order, so cross-attention layers get the odd numbers 1, 3, 5, ...

@@ -69,7 +69,7 @@ def test_streaming_writer_round_trips_through_safetensors(tmp_path):
     assert 0 < loaded["a.weight"].float().std() < 1
 
 
-# --- python -m bench --gpu: argument handling and the JSON it writes, on a machine without CUDA ------------------------
+# --- python -m bench --gpu: argument handling and the JSON it writes, on a machine without CUDA ---
 
 
 def test_gpu_bench_skips_cleanly_without_cuda(tmp_path, monkeypatch):
@@ -103,7 +103,12 @@ def test_gpu_bench_plans_the_levers_in_the_documented_order():
 
 @pytest.mark.parametrize(
     "argv",
-    [["--gpu", "--batches", "0"], ["--gpu", "--batches", "one"], ["--gpu", "--part", "turbo"], ["--gpu", "--full-size"]],
+    [
+        ["--gpu", "--batches", "0"],
+        ["--gpu", "--batches", "one"],
+        ["--gpu", "--part", "turbo"],
+        ["--gpu", "--full-size"],
+    ],
 )
 def test_gpu_bench_rejects_bad_arguments(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -12,7 +12,6 @@ import re
 import shutil
 import socket
 import time
-from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
@@ -22,8 +21,8 @@ from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 from pypdf import PdfReader
 
-from bench.workload import picture
-from server import REPO, bentoml_serve, free_port
+from testkit.pictures import picture
+from testkit.server import REPO, bentoml_serve, free_port
 
 API_KEY = "studio-key-0123456789"
 OOM_MARKER = "GIGANTIC"  # a prompt with it fails as out of memory (test-only fault injection)
@@ -36,7 +35,11 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 # Tiny pages take about a second each on a free CPU; a busy shared machine can take far longer.
 expect.set_options(timeout=60_000)
-TEXTS = ["A fox finds a red kite in the tall grass.", "小狐狸和小熊一起放风筝。", "At night the kite sleeps by the window."]
+TEXTS = [
+    "A fox finds a red kite in the tall grass.",
+    "小狐狸和小熊一起放风筝。",
+    "At night the kite sleeps by the window.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +325,9 @@ class held_admission_slot:
         held and 400 once it is free."""
         probe = f"{self.address.scheme}://{self.address.netloc}/generate"
         for _ in range(600):
-            status = requests.post(probe, json={}, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10).status_code
+            status = requests.post(
+                probe, json={}, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
+            ).status_code
             if (status == 429) == full:
                 return
             time.sleep(0.05)
