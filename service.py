@@ -7,23 +7,31 @@ A table of contents: `PictureBook` (front: HTTP schema, pictures checked, the an
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
 
 import bentoml
+from bentoml.validators import ContentType
 
 from pipeline.config import ModelSettings
 from serving.bento_models import declared_models, model_paths
+from serving.book_gate import BookGate
+from serving.books import BookJobs, BookRequest, BookResult, PdfRequest, draw_book, pdf_of
 from serving.drawing import PageDrawer
 from serving.guards import AdmissionLimit, ApiKeyAuth, JsonBodyOnly, RefusePickledBodies
 from serving.model_client import ModelClient
 from serving.schemas import GenerateRequest, GenerateResponse, PageJob, PageOutput
 from serving.settings import serving_settings as settings
+from serving.studio import studio_app
 
 log = logging.getLogger("picturebook")
 model_settings = ModelSettings()
 api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+book_jobs = BookJobs(settings.max_books)  # one per front process: BookGate (below) and the book task share it
 
 
 @bentoml.service(
@@ -86,6 +94,7 @@ PageModel.add_asgi_middleware(RefusePickledBodies)
     traffic={"timeout": settings.request_timeout_s},  # concurrency is bounded by AdmissionLimit (adds Retry-After)
     workers=1,
 )
+@bentoml.asgi_app(studio_app, path="/studio")
 class PictureBook:
     model = bentoml.depends(PageModel)
 
@@ -105,9 +114,31 @@ class PictureBook:
     async def generate(self, **fields: Any) -> GenerateResponse:
         return await self.pages.generate(GenerateRequest(**fields))
 
+    # /book/submit, /book/status, /book/get (BentoML's task routes) and /book/progress (BookGate).
+    @bentoml.task(route="/book", input_spec=BookRequest, output_spec=BookResult)
+    async def book(self, ctx: bentoml.Context, **fields: Any) -> BookResult:
+        book = BookRequest(**fields)
+        task_id = getattr(ctx.request.state, "task_id", None) or uuid.uuid4().hex
+        try:
+            result, ctx.response.status_code = await draw_book(
+                book, self.pages, book_jobs.start(task_id, len(book.pages))
+            )
+            return result
+        finally:
+            book_jobs.release()  # the slot BookGate reserved at submit
+
+    @bentoml.api(route="/book/pdf", input_spec=PdfRequest)
+    async def book_pdf(self, ctx: bentoml.Context, **fields: Any) -> Annotated[Path, ContentType("application/pdf")]:
+        pdf = Path(ctx.temp_dir) / "book.pdf"  # BentoML sends the file and removes the folder
+        pdf.write_bytes(await asyncio.to_thread(pdf_of, PdfRequest(**fields), settings.image_limits))
+        return pdf
+
 
 # Outermost first: refuse unauthenticated callers, then excess load, then bodies that are not small JSON.
 if api_key is not None:
     PictureBook.add_asgi_middleware(ApiKeyAuth, api_key=api_key)
 PictureBook.add_asgi_middleware(AdmissionLimit, limit=settings.max_concurrency, retry_after_s=settings.retry_after_s)
 PictureBook.add_asgi_middleware(JsonBodyOnly, max_bytes=settings.max_body_bytes)
+PictureBook.add_asgi_middleware(
+    BookGate, jobs=book_jobs, image_limits=settings.image_limits, retry_after_s=settings.retry_after_s
+)

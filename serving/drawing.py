@@ -51,11 +51,15 @@ class PageDrawer:
             raise
         return PageOutput.model_validate(output) if isinstance(output, dict) else output
 
-    async def generate(self, request: GenerateRequest) -> GenerateResponse | JSONResponse:
+    async def page(self, request: GenerateRequest) -> PageOutput:
+        """A checked request drawn: decode its pictures (400 naming the field), then through the batcher."""
         deadline = time.time() + self.settings.request_timeout_s
         job = await asyncio.to_thread(page_job, request, deadline, self.settings.image_limits)
+        return await self.draw(job)
+
+    async def generate(self, request: GenerateRequest) -> GenerateResponse | JSONResponse:
         try:
-            output = await self.draw(job)
+            output = await self.page(request)
         except Overloaded as error:
             return overloaded(str(error), self.settings.retry_after_s)
         if output.error_kind:

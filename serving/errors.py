@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
@@ -30,9 +32,18 @@ def overloaded(reason: str, retry_after_s: int) -> JSONResponse:
     )
 
 
+def validation_error_body(error: ValidationError) -> dict:
+    """BentoML's own 400 body for a schema error (`detail[].loc` names the field), for checks made outside it."""
+    return {
+        "error": f"{error.error_count()} validation error for {error.title}",
+        "detail": error.errors(include_context=False, include_input=False, include_url=False),
+    }
+
+
 def field_error(error: ImageInputError, schema: str = "GenerateRequest") -> ValidationError:
     """An image problem as the same 400 body BentoML gives for schema errors: `detail[].loc` names the field."""
-    location = tuple(int(part) if part.isdigit() else part for part in error.field.replace("]", "").split("["))
+    # "pages[2].img" -> ("pages", 2, "img"), as pydantic locates nested fields
+    location = tuple(int(part) if part.isdigit() else part for part in re.findall(r"[^\[\].]+", error.field))
     return ValidationError.from_exception_data(
         schema,
         [{"type": "value_error", "loc": location, "input": "<image>", "ctx": {"error": error.message}}],

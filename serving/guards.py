@@ -23,7 +23,8 @@ def is_open(scope: Scope) -> bool:
     if scope.get("method") == "OPTIONS":
         return True
     path = scope.get("path", "")
-    return path in OPEN_PATHS or path.startswith("/static_content/")
+    # The studio's static files hold no data; its API calls carry the key like any other client's.
+    return path in OPEN_PATHS or path.startswith(("/static_content/", "/studio/")) or path == "/studio"
 
 
 async def send_json(send: Send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
@@ -79,11 +80,26 @@ class AdmissionLimit:
                 [(b"retry-after", self.retry_after)],
             )
             return
+        # The slot is held until the response is sent, not until the app returns: a BentoML task (a book job) runs
+        # after its submit answer inside the same ASGI call, and must not hold a slot for its whole duration.
         self.in_flight += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.in_flight -= 1
+
+        async def send_then_release(message: dict) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                release()
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_then_release)
         finally:
-            self.in_flight -= 1
+            release()
 
 
 class JsonBodyOnly:

@@ -49,18 +49,12 @@ def _side(axis: str):
     )
 
 
-class GenerateRequest(BaseModel):
-    """The seed's request, plus optional generation settings."""
+class Cast(BaseModel):
+    """The characters of a page or a book, and where each goes."""
 
     # Unknown fields are ignored, not refused: clients written against a later or earlier contract keep working.
     model_config = ConfigDict(extra="ignore")
 
-    prev_frame: str | None = Field(
-        None,
-        description="The previous page, base64 PNG/JPEG/WEBP (a `data:image/...;base64,` prefix is accepted). "
-        "Omit it for the first page of a book.",
-        examples=[EXAMPLE_PNG],
-    )
     characters: list[str] = Field(
         default_factory=list,
         max_length=MAX_CHARACTERS,
@@ -75,23 +69,6 @@ class GenerateRequest(BaseModel):
         "the whole page.",
         examples=[[[0.0, 0.2, 0.5, 1.0], [0.5, 0.2, 1.0, 1.0]]],
     )
-    prompt: str = Field(
-        ...,
-        min_length=1,
-        max_length=MAX_PROMPT_CHARS,
-        description="What happens on the page: scene, characters' places and actions.",
-        examples=["Two friends talk in a garden, character 1 on the left, character 2 on the right"],
-    )
-    seed: int | None = Field(
-        None, ge=0, le=MAX_SEED, description="For a reproducible page; drawn at random when absent.", examples=[42]
-    )
-    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What the page should avoid.")
-    width: int | None = _side("width")
-    height: int | None = _side("height")
-    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Denoising steps; profile default when absent.")
-    guidance_scale: float | None = Field(
-        None, ge=0.0, le=MAX_GUIDANCE_SCALE, description="Classifier-free guidance scale."
-    )
 
     @field_validator("regions")
     @classmethod
@@ -102,6 +79,45 @@ class GenerateRequest(BaseModel):
             except ValueError as error:
                 raise ValueError(str(error).removeprefix("regions: ")) from None
         return regions
+
+
+class PageSettings(BaseModel):
+    """How a page is drawn, each optional (the profile's default when absent)."""
+
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What the page should avoid.")
+    width: int | None = _side("width")
+    height: int | None = _side("height")
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Denoising steps; profile default when absent.")
+    guidance_scale: float | None = Field(
+        None, ge=0.0, le=MAX_GUIDANCE_SCALE, description="Classifier-free guidance scale."
+    )
+
+    def page_settings(self) -> dict:
+        return self.model_dump(include=set(PageSettings.model_fields))
+
+
+def prompt_field(description: str, **extra):
+    return Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, description=description, **extra)
+
+
+def seed_field(description: str = "For a reproducible page; drawn at random when absent.", **extra):
+    return Field(None, ge=0, le=MAX_SEED, description=description, **extra)
+
+
+class GenerateRequest(PageSettings, Cast):
+    """The seed's request, plus optional generation settings."""
+
+    prev_frame: str | None = Field(
+        None,
+        description="The previous page, base64 PNG/JPEG/WEBP (a `data:image/...;base64,` prefix is accepted). "
+        "Omit it for the first page of a book.",
+        examples=[EXAMPLE_PNG],
+    )
+    prompt: str = prompt_field(
+        "What happens on the page: scene, characters' places and actions.",
+        examples=["Two friends talk in a garden, character 1 on the left, character 2 on the right"],
+    )
+    seed: int | None = seed_field(examples=[42])
 
 
 class GenerateResponse(BaseModel):

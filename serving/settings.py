@@ -32,6 +32,8 @@ class ServingSettings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="Largest /generate body; larger ones get 413 before they are read whole."
     )
     retry_after_s: int = Field(5, ge=1, description="`Retry-After` seconds sent with 429/503 when overloaded.")
+    max_book_pages: int = Field(24, ge=1, le=200, description="Most pages in one book job.")
+    max_books: int = Field(4, ge=1, description="Book jobs drawing at once; more get 429 with `Retry-After` at submit.")
 
     api_key: SecretStr | None = Field(
         None, description="When set, /generate requires `Authorization: Bearer <key>`; health and metrics stay open."

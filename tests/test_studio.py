@@ -231,7 +231,9 @@ def test_book_downloads_as_pdf_with_its_pages(studio: Page):
         expect(message).to_have_text(re.compile("PDF downloaded|No PDF"))
         assert message.inner_text() == "PDF downloaded.", message.inner_text()
     assert download.value.suggested_filename == "Three Small Pages.pdf"
-    assert len(PdfReader(download.value.path()).pages) == 3
+    reader = PdfReader(download.value.path())
+    assert len(reader.pages) == 1 + 3  # the cover, then the pages
+    assert all(text in reader.pages[i + 1].extract_text() for i, text in enumerate(TEXTS))
     [sent] = pdf_requests
     assert sent["title"] == "Three Small Pages" and [p["text"] for p in sent["pages"]] == TEXTS
     cards = page.locator("#book > li")

@@ -1,0 +1,115 @@
+"""The ASGI side of book jobs that BentoML's task routes do not give: checks at submit, the running-books limit,
+and `GET /book/progress`. The plain `POST /book` BentoML also makes for a task is refused (405).
+
+BentoML's `/book/submit` stores the raw request and answers a task id before the task parses it, so a bad book
+would only fail later. This gate checks the book first (the schema, its pictures, as strictly as /generate), and
+answers a 400 naming the field (`pages[3].prompt`) before any task exists. It also reserves one of `max_books`
+slots (429 with Retry-After when none is free); the job frees it when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from urllib.parse import parse_qs
+
+from pydantic import ValidationError
+
+from .books import BookJobs, BookRequest
+from .errors import field_error, validation_error_body
+from .guards import Receive, Scope, Send, send_json
+from .images import ImageInputError, decode_image
+
+BOOK, SUBMIT, PROGRESS = "/book", "/book/submit", "/book/progress"
+
+
+def check_book(body: bytes, limits: dict[str, int]) -> BookRequest:
+    """The parsed book, or a ValidationError naming the field (its pictures decoded and checked, then dropped)."""
+    book = BookRequest.model_validate_json(body)
+    try:
+        if book.first_frame:
+            decode_image(book.first_frame, "first_frame", **limits)
+        for index, character in enumerate(book.characters):
+            decode_image(character, f"characters[{index}]", **limits)
+    except ImageInputError as error:
+        raise field_error(error, "BookRequest") from None
+    return book
+
+
+class BookGate:
+    def __init__(self, app, jobs: BookJobs, image_limits: dict[str, int], retry_after_s: int):
+        self.app = app
+        self.jobs = jobs
+        self.image_limits = image_limits
+        self.retry_after = str(retry_after_s).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == PROGRESS and scope["method"] == "GET":
+            await self._progress(scope, send)
+        elif scope["type"] == "http" and scope["path"] == SUBMIT and scope["method"] == "POST":
+            await self._submit(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] == BOOK and scope["method"] == "POST":
+            # BentoML also serves every task as a plain call; a book takes minutes, past any HTTP timeout, and
+            # would bypass the checks and the limit above.
+            await send_json(send, 405, {"error": "a book is a job: POST /book/submit, then poll /book/status"})
+        else:
+            await self.app(scope, receive, send)
+
+    async def _progress(self, scope: Scope, send: Send) -> None:
+        task_id = parse_qs(scope.get("query_string", b"").decode()).get("task_id", [""])[0]
+        progress = self.jobs.progress(task_id) if task_id else None
+        if progress is None:
+            error = "task_id is required" if not task_id else "no book with this task_id in this replica"
+            await send_json(send, 400 if not task_id else 404, {"error": error})
+            return
+        await send_json(send, 200, json.loads(progress.model_dump_json()))
+
+    async def _submit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        chunks = []
+        while True:  # JsonBodyOnly (outside this gate) has bounded and buffered it: one message
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            book = await asyncio.to_thread(check_book, body, self.image_limits)
+        except ValidationError as error:
+            await send_json(send, 400, validation_error_body(error))
+            return
+        if not self.jobs.reserve():
+            await send_json(
+                send,
+                429,
+                {"error": f"{self.jobs.max_running} books are drawing already; retry later"},
+                [(b"retry-after", self.retry_after)],
+            )
+            return
+
+        accepted = False
+
+        async def watch_status(message: dict) -> None:
+            nonlocal accepted
+            if message["type"] == "http.response.start":
+                accepted = message["status"] == 200
+            elif message["type"] == "http.response.body" and accepted:
+                # Progress exists from the task id's first answer on, before the job itself starts.
+                self.jobs.start(json.loads(message["body"])["task_id"], len(book.pages))
+            await send(message)
+
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            await self.app(scope, replay, watch_status)
+        finally:
+            if not accepted:  # no task was made: the job that would free the slot never runs
+                self.jobs.release()

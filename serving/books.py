@@ -1,0 +1,232 @@
+"""Whole books: the request, the job that draws its pages in order through the same batcher as /generate, its
+progress, and its result with the PDF.
+
+Page k of a book is exactly the /generate request with page k-1's picture as `prev_frame`, the book's characters
+and regions, and the page's own seed, so pages of different books (and /generate calls) batch together. BentoML
+tasks have no progress of their own (bentoml issue #5434): `BookJobs` keeps it in this process, which is also the
+process that runs the task, so `/book/progress` answers from the replica that took the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import time
+from collections import OrderedDict
+from typing import Literal
+
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from pipeline.page import ErrorKind
+
+from .drawing import Overloaded, PageDrawer
+from .errors import HTTP_STATUS, field_error
+from .images import ImageInputError, decode_image
+from .pdf import BookPage as PdfPage
+from .pdf import render_book_pdf
+from .schemas import EXAMPLE_PNG, MAX_PROMPT_CHARS, Cast, GenerateRequest, PageSettings, prompt_field, seed_field
+from .settings import serving_settings
+
+MAX_BOOK_PAGES = serving_settings.max_book_pages
+MAX_TITLE_CHARS = 200
+
+
+class BookPageRequest(BaseModel):
+    text: str = prompt_field("What the reader reads under the picture.", examples=["The fox finds a red kite."])
+    prompt: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description="What is drawn; the page's text when absent.",
+    )
+    seed: int | None = seed_field("For a reproducible page; drawn at random (and reported) when absent.")
+
+    @property
+    def drawing_prompt(self) -> str:
+        return self.prompt or self.text
+
+
+class BookRequest(PageSettings, Cast):
+    """A whole book: its cast, how its pages are drawn, and the pages in order."""
+
+    title: str = Field("", max_length=MAX_TITLE_CHARS, description="The book's title, on its cover.")
+    first_frame: str | None = Field(
+        None,
+        description="A picture the first page continues from (base64, as `prev_frame` in /generate); "
+        "the first page starts afresh when absent.",
+        examples=[EXAMPLE_PNG],
+    )
+    pages: list[BookPageRequest] = Field(
+        ..., min_length=1, max_length=MAX_BOOK_PAGES, description=f"The pages, 1 to {MAX_BOOK_PAGES}."
+    )
+
+    def page_request(self, index: int, prev_frame: str | None) -> GenerateRequest:
+        """Page `index` as the /generate request that draws it."""
+        page = self.pages[index]
+        return GenerateRequest(
+            prev_frame=prev_frame,
+            characters=self.characters,
+            regions=self.regions,
+            prompt=page.drawing_prompt,
+            seed=page.seed,
+            **self.page_settings(),
+        )
+
+
+class DrawnPage(BaseModel):
+    index: int = Field(..., description="Position in the book, from 0.")
+    text: str
+    img: str = Field(..., description="The page's picture, base64 PNG.")
+    seed: int = Field(..., description="The seed it was drawn with (send it back to redraw the same page).")
+    batch_size: int = Field(..., description="Pages drawn in the same diffusion call (of any book or request).")
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class PageFailure(BaseModel):
+    index: int = Field(..., description="The page that could not be drawn, from 0.")
+    kind: str = Field(..., description="timeout, out_of_memory, content_refused, invalid, overloaded or internal.")
+    error: str
+
+
+class BookResult(BaseModel):
+    status: Literal["completed", "failed"]
+    title: str
+    pages_total: int
+    pages: list[DrawnPage] = Field(..., description="Every page drawn, in order (the finished ones when failed).")
+    failure: PageFailure | None = Field(None, description="Why the book stopped, when it did.")
+    pdf: str | None = Field(None, description="The book as a PDF (base64), with the pages drawn.")
+
+
+class BookProgress(BaseModel):
+    """What a book job has drawn so far. `/book/status` stays the authority on when `/book/get` has the result:
+    the last page can show here a moment before BentoML has stored it."""
+
+    task_id: str
+    status: Literal["running", "completed", "failed"] = "running"
+    pages_done: int = 0
+    pages_total: int
+    pages: list[DrawnPage] = Field(default_factory=list, description="The pages finished so far, in order.")
+    failure: PageFailure | None = None
+
+
+class BookJobs:
+    """Book jobs of this process: how many may draw at once, and each one's progress (the last `keep` kept)."""
+
+    def __init__(self, max_running: int, keep: int = 256):
+        self.max_running = max_running
+        self.keep = keep
+        self.running = 0
+        self._progress: OrderedDict[str, BookProgress] = OrderedDict()
+
+    def reserve(self) -> bool:
+        """Take a slot for a book about to be submitted; False when `max_running` books already hold one."""
+        if self.running >= self.max_running:
+            return False
+        self.running += 1
+        return True
+
+    def release(self) -> None:
+        self.running = max(0, self.running - 1)
+
+    def start(self, task_id: str, pages_total: int) -> BookProgress:
+        """The progress of a book from its submission on (pages_done 0); the same object when already started."""
+        if task_id not in self._progress:
+            self._progress[task_id] = BookProgress(task_id=task_id, pages_total=pages_total)
+            while len(self._progress) > self.keep:
+                self._progress.popitem(last=False)
+        return self._progress[task_id]
+
+    def progress(self, task_id: str) -> BookProgress | None:
+        return self._progress.get(task_id)
+
+
+def _picture(png_b64: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(png_b64)), formats=["PNG"])
+    image.load()
+    return image
+
+
+def book_pdf_b64(title: str, pages: list[DrawnPage]) -> str:
+    pdf = render_book_pdf(title, [PdfPage(_picture(page.img), page.text) for page in pages])
+    return base64.b64encode(pdf).decode("ascii")
+
+
+async def _draw_page(drawer: PageDrawer, request: GenerateRequest, retry_after_s: int, timeout_s: float):
+    """One page; a full batch queue is waited out (a book is patient), up to the page's own timeout."""
+    give_up_at = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await drawer.page(request)
+        except Overloaded:
+            if time.monotonic() + retry_after_s > give_up_at:
+                raise
+            await asyncio.sleep(retry_after_s)
+
+
+async def draw_book(book: BookRequest, drawer: PageDrawer, progress: BookProgress) -> tuple[BookResult, int]:
+    """Every page in order, each continuing the one before, and the HTTP status of the result. A failed page ends
+    the book, keeping what was drawn; its status (>= 400) makes the BentoML task a failed one."""
+    settings = drawer.settings
+    prev_frame = book.first_frame
+    failure, status = None, 200
+    for index, page in enumerate(book.pages):
+        try:
+            output = await _draw_page(
+                drawer, book.page_request(index, prev_frame), settings.retry_after_s, settings.request_timeout_s
+            )
+        except Overloaded as error:
+            failure, status = PageFailure(index=index, kind="overloaded", error=str(error)), 503
+            break
+        if output.error_kind:
+            failure = PageFailure(index=index, kind=output.error_kind.value, error=output.error)
+            status = HTTP_STATUS[ErrorKind(output.error_kind)]
+            break
+        drawn = DrawnPage(
+            index=index,
+            text=page.text,
+            img=output.img,
+            seed=output.seed,
+            batch_size=output.batch_size,
+            timings_ms=output.timings_ms,
+        )
+        progress.pages.append(drawn)
+        progress.pages_done = len(progress.pages)
+        prev_frame = output.img
+    progress.failure = failure
+    progress.status = "failed" if failure else "completed"
+    pdf = await asyncio.to_thread(book_pdf_b64, book.title, progress.pages) if progress.pages else None
+    result = BookResult(
+        status=progress.status,
+        title=book.title,
+        pages_total=len(book.pages),
+        pages=progress.pages,
+        failure=failure,
+        pdf=pdf,
+    )
+    return result, status
+
+
+class PdfPageRequest(BaseModel):
+    img: str = Field(..., description="The page's picture, base64 PNG/JPEG/WEBP.", examples=[EXAMPLE_PNG])
+    text: str = Field("", max_length=MAX_PROMPT_CHARS, description="What the reader reads under the picture.")
+
+
+class PdfRequest(BaseModel):
+    """Any book as pages of pictures and text: a job's result, or pages a client drew itself."""
+
+    title: str = Field("", max_length=MAX_TITLE_CHARS, description="The book's title, on its cover.")
+    pages: list[PdfPageRequest] = Field(..., min_length=1, max_length=MAX_BOOK_PAGES)
+
+
+def pdf_of(request: PdfRequest, limits: dict[str, int]) -> bytes:
+    """The PDF of a client's book; a bad picture is a 400 naming `pages[i].img`."""
+    pages = []
+    for index, page in enumerate(request.pages):
+        try:
+            picture = decode_image(page.img, f"pages[{index}].img", **limits)
+        except ImageInputError as error:
+            raise field_error(error, "PdfRequest") from None
+        pages.append(PdfPage(picture, page.text))
+    return render_book_pdf(request.title, pages)
