@@ -26,7 +26,7 @@ from reportlab.platypus import Paragraph
 PAGE_SIDE = 210 * mm
 MARGIN = 14 * mm
 PICTURE_SIDE = 150 * mm  # leaves the lower part of each page for its text
-TEXT_SIZE = 18
+TEXT_SIZE = 20
 TITLE_SIZE = 30
 CJK_FONT = "STSong-Light"
 LATIN_FONT = "Helvetica"
