@@ -21,8 +21,10 @@ from pipeline.config import ModelSettings
 from serving.bento_models import declared_models, model_paths
 from serving.book_gate import BookGate
 from serving.books import BookJobs, BookRequest, BookResult, PdfRequest, draw_book, pdf_of
+from serving.content_safety import PromptGate
 from serving.drawing import PageDrawer
 from serving.guards import AdmissionLimit, ApiKeyAuth, JsonBodyOnly, RefusePickledBodies
+from serving.metrics import SAFETY_CHECKER_ENABLED, count_picture_checks
 from serving.model_client import ModelClient
 from serving.schemas import GenerateRequest, GenerateResponse, PageJob, PageOutput
 from serving.settings import serving_settings as settings
@@ -32,6 +34,7 @@ log = logging.getLogger("picturebook")
 model_settings = ModelSettings()
 api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
 book_jobs = BookJobs(settings.max_books)  # one per front process: BookGate (below) and the book task share it
+prompt_gate = PromptGate(settings)  # the prompt filter, for /generate and for books at submit
 
 
 @bentoml.service(
@@ -54,6 +57,7 @@ class PageModel:
         # BentoML starts serving (and /readyz answers 200) only after __init__ returns: ready means loaded.
         started = time.perf_counter()
         self.generator = load_page_generator(model_paths(self, model_settings), model_settings)
+        SAFETY_CHECKER_ENABLED.set(1 if model_settings.safety_checker else 0)
         log.info("models loaded in %.1f s", time.perf_counter() - started)
 
     # BentoML wants a batchable API's max_batch_size > 1; batch size 1 means no batcher, and the front still sends
@@ -65,6 +69,7 @@ class PageModel:
     )
     def draw(self, jobs: list[PageJob]) -> list[PageOutput]:
         results = self.generator.generate([job.page_request() for job in jobs])
+        count_picture_checks(results)
         return [PageOutput.from_result(result) for result in results]
 
 
@@ -100,7 +105,7 @@ class PictureBook:
 
     def __init__(self) -> None:
         self.client = ModelClient(type(self).__dict__["model"], self.model, api_key)
-        self.pages = PageDrawer(self.client, settings)
+        self.pages = PageDrawer(self.client, settings, prompt_gate)
 
     @bentoml.on_startup
     async def connect_to_model(self) -> None:
@@ -140,5 +145,9 @@ if api_key is not None:
 PictureBook.add_asgi_middleware(AdmissionLimit, limit=settings.max_concurrency, retry_after_s=settings.retry_after_s)
 PictureBook.add_asgi_middleware(JsonBodyOnly, max_bytes=settings.max_body_bytes)
 PictureBook.add_asgi_middleware(
-    BookGate, jobs=book_jobs, image_limits=settings.image_limits, retry_after_s=settings.retry_after_s
+    BookGate,
+    jobs=book_jobs,
+    prompts=prompt_gate,
+    image_limits=settings.image_limits,
+    retry_after_s=settings.retry_after_s,
 )

@@ -61,6 +61,12 @@ class ModelSettings(BaseSettings):
         0.4, ge=0.0, le=2.0, description="IP-Adapter scale of the style adapter (previous page)."
     )
     controlnet_scale: float = Field(0.5, ge=0.0, le=2.0, description="Depth ControlNet conditioning scale.")
+    safety_checker: bool = Field(
+        True, description="Check every drawn page with the image safety classifier (fail closed); false turns it off."
+    )
+    safety_retries: int = Field(
+        1, ge=0, le=5, description="Redraws, with a seed derived from the request's, of a page the checker flagged."
+    )
     embedding_cache_size: int = Field(
         256, ge=0, description="Character embeddings kept in the LRU cache (0 disables it)."
     )

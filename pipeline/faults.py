@@ -19,6 +19,16 @@ class FaultSettings(BaseSettings):
         None, description="TEST ONLY: a diffusion call including a prompt that contains this raises out-of-memory."
     )
 
+    flag_prompt_marker: str | None = Field(
+        None, description="TEST ONLY: a page whose prompt contains this is flagged by the picture check, every time."
+    )
+    flag_seed: int | None = Field(
+        None, description="TEST ONLY: a page drawn with this seed is flagged by the picture check (a redraw passes)."
+    )
+
+    def flags(self, prompt: str, seed: int) -> bool:
+        return bool(self.flag_prompt_marker and self.flag_prompt_marker in prompt) or seed == self.flag_seed
+
     def inject(self, prompts: list[str]) -> None:
         import torch
 

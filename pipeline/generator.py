@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import time
@@ -14,6 +15,7 @@ from .config import ModelSettings
 from .embeddings import ImageEmbedder
 from .faults import FaultSettings
 from .page import MAX_SEED, ErrorKind, PageRequest, check_request, default_regions
+from .safety import PictureChecker
 from .sources import ProfileSpec
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,8 @@ class PageResult:
     batch_size: int  # pages in the diffusion call that drew this one
     timings_ms: dict[str, float] = field(default_factory=dict)
     error: PageError | None = None  # set (and image None) when this page could not be drawn
+    flagged: bool = False  # the picture check flagged `image`: it must not leave
+    flagged_draws: int = 0  # draws of this page the picture check flagged, redraws included
 
     @property
     def ok(self) -> bool:
@@ -43,7 +47,16 @@ class GenerationInterrupted(RuntimeError):
 
 
 class PageGenerator:
-    def __init__(self, pipe, depth, settings: ModelSettings, spec: ProfileSpec, faults: FaultSettings | None = None):
+    def __init__(
+        self,
+        pipe,
+        depth,
+        settings: ModelSettings,
+        spec: ProfileSpec,
+        faults: FaultSettings | None = None,
+        checker: PictureChecker | None = None,
+    ):
+        self.checker = checker
         self.pipe = pipe
         self.depth = depth
         self.settings = settings
@@ -82,13 +95,33 @@ class PageGenerator:
                 resolved[index] = self.with_defaults(request)
             except ValueError as error:
                 results[index] = PageResult(None, request.seed or 0, 0, error=PageError(ErrorKind.invalid, str(error)))
-        groups: dict[tuple, list[int]] = {}
-        for index, request in resolved.items():
-            groups.setdefault(request.group_key(), []).append(index)
-        for indices in groups.values():
-            for index, result in zip(indices, self._generate_isolated([resolved[i] for i in indices])):
-                results[index] = result
+        drawn = self._draw_in_groups(resolved)
+        # A flagged page never leaves: it is redrawn with a seed derived from its own, then refused.
+        for attempt in range(1, self.settings.safety_retries + 1):
+            flagged = {
+                i: replace(resolved[i], seed=redraw_seed(resolved[i].seed, attempt)) for i in drawn if drawn[i].flagged
+            }
+            if not flagged:
+                break
+            log.warning("%d page(s) flagged by the picture check; redrawing (attempt %d)", len(flagged), attempt)
+            for index, result in self._draw_in_groups(flagged).items():
+                result.flagged_draws += drawn[index].flagged_draws
+                drawn[index] = result
+        for index, result in drawn.items():
+            if result.flagged:
+                result = PageResult(None, result.seed, result.batch_size, flagged_draws=result.flagged_draws)
+                result.error = PageError(ErrorKind.content_refused, "the drawn picture did not pass the safety check")
+            results[index] = result
         return results  # type: ignore[return-value]
+
+    def _draw_in_groups(self, requests: dict[int, PageRequest]) -> dict[int, PageResult]:
+        groups: dict[tuple, list[int]] = {}
+        for index, request in requests.items():
+            groups.setdefault(request.group_key(), []).append(index)
+        drawn = {}
+        for indices in groups.values():
+            drawn.update(zip(indices, self._generate_isolated([requests[i] for i in indices])))
+        return drawn
 
     def _generate_isolated(self, requests: list[PageRequest]) -> list[PageResult]:
         try:
@@ -175,10 +208,24 @@ class PageGenerator:
             callback_on_step_end=on_step_end,
         )
         timings["diffusion"] = _ms_since(started)
+        started = time.perf_counter()
+        flags = self._flags(output.images, requests)
+        timings["safety_check"] = _ms_since(started)
         return [
-            PageResult(image=image, seed=request.seed, batch_size=len(requests), timings_ms=dict(timings))
-            for image, request in zip(output.images, requests)
+            PageResult(
+                image=image,
+                seed=request.seed,
+                batch_size=len(requests),
+                timings_ms=dict(timings),
+                flagged=flagged,
+                flagged_draws=int(flagged),
+            )
+            for image, request, flagged in zip(output.images, requests, flags)
         ]
+
+    def _flags(self, pictures: list[Image.Image], requests: list[PageRequest]) -> list[bool]:
+        checked = self.checker.flagged(pictures) if self.checker is not None else [False] * len(pictures)
+        return [flag or self.faults.flags(r.prompt, r.seed) for flag, r in zip(checked, requests)]
 
     def _with_negatives(self, positives: list[torch.Tensor]) -> torch.Tensor:
         """diffusers' layout for per-item adapter inputs: (2B, images, tokens, width), all negatives first."""
@@ -221,6 +268,12 @@ class PageGenerator:
             return self._with_negatives([self.embedder.negative()] * len(requests))
         encoded = self.embedder.encode([request.prev_frame for request in requests])
         return self._with_negatives([embedding.unsqueeze(0) for embedding in encoded])
+
+
+def redraw_seed(seed: int, attempt: int) -> int:
+    """The seed of the `attempt`-th redraw of a flagged page: derived from the request's, so redraws reproduce."""
+    digest = hashlib.sha256(f"{seed}:{attempt}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (MAX_SEED + 1)
 
 
 def _failed(requests: list[PageRequest], kind: ErrorKind, message: str) -> list[PageResult]:

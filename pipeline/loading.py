@@ -27,6 +27,7 @@ class ModelPaths:
     vae: Path
     ip_adapter: Path
     depth: Path
+    safety_checker: Path
 
     @classmethod
     def under(cls, root: Path) -> ModelPaths:
@@ -39,6 +40,7 @@ def load_page_generator(paths: ModelPaths, settings: ModelSettings):
     from . import speedups
     from .depth import load_depth_estimator
     from .generator import PageGenerator
+    from .safety import load_picture_checker
     from .sdxl_pipeline import PictureBookPipeline
 
     spec = PROFILES[settings.profile]
@@ -69,7 +71,14 @@ def load_page_generator(paths: ModelPaths, settings: ModelSettings):
     speedups.after_adapters(pipe, settings)
     pipe.set_progress_bar_config(disable=True)
     depth = load_depth_estimator(paths.depth / spec.depth_checkpoint, spec.depth_architecture, device)
-    generator = PageGenerator(pipe, depth, settings, spec)
+    if settings.safety_checker:
+        # Fail closed: a checker that is configured but cannot load stops start-up, so the service never
+        # becomes ready without it.
+        checker = load_picture_checker(paths.safety_checker, device, dtype)
+    else:
+        checker = None
+        log.warning("the picture safety checker is OFF (PICTUREBOOK_SAFETY_CHECKER=false): pages are not checked")
+    generator = PageGenerator(pipe, depth, settings, spec, checker=checker)
     if settings.compile if settings.warmup is None else settings.warmup:
         warm_up(generator)
     return generator

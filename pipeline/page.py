@@ -51,6 +51,7 @@ class ErrorKind(StrEnum):
     timeout = "timeout"
     out_of_memory = "out_of_memory"
     internal = "internal"
+    content_refused = "content_refused"  # a prompt refused, or a picture still flagged after its redraws
 
 
 @dataclass(frozen=True)

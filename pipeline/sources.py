@@ -69,6 +69,18 @@ MODEL_REPOS: dict[str, ModelRepo] = {
     ),
 }
 
+# The image safety classifier. Its safetensors file exists only on the hub's `refs/pr/41` revision ("fp16
+# safetensors", one commit on top of main's cb41f3a; main has a pickled pytorch_model.bin only). Public projects
+# such as Acly/krita-ai-diffusion and comfyui-tooling-nodes download `resolve/refs%2Fpr%2F41/model.safetensors`
+# (608,018,440 bytes, sha256 08902f19b1cfebd7c989f152fc0507bef6898c706a91d666509383122324b511, as pinned by
+# nixified-ai/flake); the PR's page on the hub (discussions/41) names its commit, pinned here.
+MODEL_REPOS["safety_checker"] = ModelRepo(
+    folder="stable-diffusion-safety-checker",
+    repo_id="CompVis/stable-diffusion-safety-checker",
+    revision="1664e306d2258485321cbbd8083074c9474d4e41",
+    include=("config.json", "preprocessor_config.json", "model.safetensors"),
+)
+
 FACE_ADAPTER_WEIGHTS = "ip-adapter-plus-face_sdxl_vit-h.safetensors"
 STYLE_ADAPTER_WEIGHTS = "ip-adapter-plus_sdxl_vit-h.safetensors"
 ADAPTER_SUBFOLDER = "sdxl_models"

@@ -38,6 +38,7 @@ COMPLETE_MARKER = ".complete"
 # Gains on random weights that make each input move the page strongly (see _make_conditioning_strong).
 TEXT_TIME_GAIN = 80.0
 CROSS_ATTENTION_GAIN = 8.0
+FLAGGED_FIXTURE_THRESHOLD = 0.985  # cosine to the fixture above which the tiny checker flags a picture
 RESAMPLER_GAIN = 4.0  # the adapters' image projection: characters and the previous page
 
 
@@ -51,6 +52,7 @@ def build_tiny_models(root: Path, seed: int = 0) -> Path:
         _write_vae(staging / MODEL_REPOS["vae"].folder)
         _write_ip_adapters(staging / MODEL_REPOS["ip_adapter"].folder, unet)
         _write_depth(staging / MODEL_REPOS["depth"].folder)
+        _write_safety_checker(staging / MODEL_REPOS["safety_checker"].folder)
 
     return build_atomically(root, write, {"profile": "tiny", "seed": seed})
 
@@ -280,6 +282,40 @@ def plus_adapter_state_dict(unet, shape: PlusAdapterShape, normal) -> dict[str, 
             state[key] = normal(key, (hidden, cross_attention_dim), shape.kv_std)
         key_id += 2
     return state
+
+
+def _write_safety_checker(folder: Path) -> None:
+    """diffusers' StableDiffusionSafetyChecker with a tiny CLIP, so the real check runs in every test. Its first
+    concept is the embedding of `flagged_fixture()` with a threshold it alone passes (cosine 1.0; the tests'
+    pictures and tiny pages stay below 0.96), and the other concepts can never match."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    from .safety import flagged_fixture
+
+    config = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2},
+        vision_config={
+            "hidden_size": VISION_WIDTH,
+            "intermediate_size": 64,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "image_size": 224,
+            "patch_size": 32,
+        },
+        projection_dim=VISION_WIDTH,
+    )
+    checker = StableDiffusionSafetyChecker(config).eval()
+    extractor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    with torch.no_grad():
+        pixels = extractor([flagged_fixture()], return_tensors="pt").pixel_values
+        fixture = checker.visual_projection(checker.vision_model(pixels)[1])
+        checker.concept_embeds[0] = fixture[0]
+        checker.concept_embeds_weights.fill_(2.0)  # a cosine never exceeds 1: these concepts never match
+        checker.concept_embeds_weights[0] = FLAGGED_FIXTURE_THRESHOLD
+        checker.special_care_embeds_weights.fill_(2.0)
+    checker.save_pretrained(folder, safe_serialization=True)
+    extractor.save_pretrained(folder)
 
 
 def _write_depth(folder: Path):

@@ -2,8 +2,9 @@
 and `GET /book/progress`. The plain `POST /book` BentoML also makes for a task is refused (405).
 
 BentoML's `/book/submit` stores the raw request and answers a task id before the task parses it, so a bad book
-would only fail later. This gate checks the book first (the schema, its pictures, as strictly as /generate), and
-answers a 400 naming the field (`pages[3].prompt`) before any task exists. It also reserves one of `max_books`
+would only fail later. This gate checks the book first (the schema, its pictures and its texts, as strictly as
+/generate), and answers a 400 naming the field (`pages[3].prompt`, or a 422 for a refused text) before any task
+exists. It also reserves one of `max_books`
 slots (429 with Retry-After when none is free); the job frees it when it ends.
 """
 
@@ -16,6 +17,7 @@ from urllib.parse import parse_qs
 from pydantic import ValidationError
 
 from .books import BookJobs, BookRequest
+from .content_safety import PromptGate
 from .errors import field_error, validation_error_body
 from .guards import Receive, Scope, Send, send_json
 from .images import ImageInputError, decode_image
@@ -37,9 +39,10 @@ def check_book(body: bytes, limits: dict[str, int]) -> BookRequest:
 
 
 class BookGate:
-    def __init__(self, app, jobs: BookJobs, image_limits: dict[str, int], retry_after_s: int):
+    def __init__(self, app, jobs: BookJobs, prompts: PromptGate, image_limits: dict[str, int], retry_after_s: int):
         self.app = app
         self.jobs = jobs
+        self.prompts = prompts
         self.image_limits = image_limits
         self.retry_after = str(retry_after_s).encode()
 
@@ -78,6 +81,10 @@ class BookGate:
             book = await asyncio.to_thread(check_book, body, self.image_limits)
         except ValidationError as error:
             await send_json(send, 400, validation_error_body(error))
+            return
+        refused = self.prompts.refusal(book.texts())
+        if refused is not None:
+            await refused(scope, receive, send)
             return
         if not self.jobs.reserve():
             await send_json(

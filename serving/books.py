@@ -62,6 +62,13 @@ class BookRequest(PageSettings, Cast):
         ..., min_length=1, max_length=MAX_BOOK_PAGES, description=f"The pages, 1 to {MAX_BOOK_PAGES}."
     )
 
+    def texts(self) -> list[tuple[str, str | None]]:
+        """Everything the user wrote that the prompt filter reads, by field (negative_prompt is not filtered)."""
+        fields = [("title", self.title)]
+        for index, page in enumerate(self.pages):
+            fields += [(f"pages[{index}].text", page.text), (f"pages[{index}].prompt", page.prompt)]
+        return fields
+
     def page_request(self, index: int, prev_frame: str | None) -> GenerateRequest:
         """Page `index` as the /generate request that draws it."""
         page = self.pages[index]

@@ -9,9 +9,11 @@ import time
 import bentoml
 from starlette.responses import JSONResponse
 
+from .content_safety import PromptGate
 from .errors import field_error, overloaded, page_error
 from .images import ImageInputError, decode_image, encode_png
 from .model_client import ModelClient
+from .prompt_filter import with_safe_negative
 from .schemas import GenerateRequest, GenerateResponse, PageJob, PageOutput
 from .settings import ServingSettings
 
@@ -20,8 +22,9 @@ class Overloaded(Exception):
     """The model service's batch queue is full: an overload to retry later, not a failure."""
 
 
-def page_job(request: GenerateRequest, deadline: float, limits: dict[str, int]) -> PageJob:
-    """The request with its pictures decoded, checked and re-encoded (a 400 naming the field when one is bad)."""
+def page_job(request: GenerateRequest, deadline: float, limits: dict[str, int], safe_negative: str) -> PageJob:
+    """The request with its pictures decoded, checked and re-encoded (a 400 naming the field when one is bad), and
+    the child-safe negative prompt put before the page's own."""
     try:
         prev = decode_image(request.prev_frame, "prev_frame", **limits) if request.prev_frame else None
         characters = [decode_image(c, f"characters[{i}]", **limits) for i, c in enumerate(request.characters)]
@@ -29,7 +32,8 @@ def page_job(request: GenerateRequest, deadline: float, limits: dict[str, int]) 
         raise field_error(error) from None
     # Lossless and fast: the model service only decodes what this service already checked.
     return PageJob(
-        **request.model_dump(exclude={"prev_frame", "characters"}),
+        **request.model_dump(exclude={"prev_frame", "characters", "negative_prompt"}),
+        negative_prompt=with_safe_negative(request.negative_prompt, safe_negative),
         prev_frame=encode_png(prev, compress_level=1) if prev else None,
         characters=[encode_png(c, compress_level=1) for c in characters],
         deadline=deadline,
@@ -37,9 +41,10 @@ def page_job(request: GenerateRequest, deadline: float, limits: dict[str, int]) 
 
 
 class PageDrawer:
-    def __init__(self, client: ModelClient, settings: ServingSettings):
+    def __init__(self, client: ModelClient, settings: ServingSettings, prompts: PromptGate):
         self.client = client
         self.settings = settings
+        self.prompts = prompts
 
     async def draw(self, job: PageJob) -> PageOutput:
         """One page through the model service's adaptive batcher; raises Overloaded when its queue is full."""
@@ -54,10 +59,14 @@ class PageDrawer:
     async def page(self, request: GenerateRequest) -> PageOutput:
         """A checked request drawn: decode its pictures (400 naming the field), then through the batcher."""
         deadline = time.time() + self.settings.request_timeout_s
-        job = await asyncio.to_thread(page_job, request, deadline, self.settings.image_limits)
+        settings = self.settings
+        job = await asyncio.to_thread(page_job, request, deadline, settings.image_limits, settings.safe_negative_prompt)
         return await self.draw(job)
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse | JSONResponse:
+        refused = self.prompts.refusal([("prompt", request.prompt)])  # before any model work; negatives are free
+        if refused is not None:
+            return refused
         try:
             output = await self.page(request)
         except Overloaded as error:

@@ -16,6 +16,7 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.timeout: 504,
     ErrorKind.out_of_memory: 507,
     ErrorKind.internal: 500,
+    ErrorKind.content_refused: 422,
 }
 # A kind without a status would become a KeyError at the edge: refuse to start instead.
 if set(HTTP_STATUS) != set(ErrorKind):

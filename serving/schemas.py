@@ -131,6 +131,7 @@ class PageJob(GenerateRequest):
     """One page as the front hands it to the model service: validated, images normalised and re-encoded as PNG."""
 
     deadline: float | None = None  # wall-clock time after which the front no longer waits
+    negative_prompt: str = ""  # the user's, after the child-safe one the front put first: unbounded here
 
     def page_request(self) -> PageRequest:
         return PageRequest(

@@ -6,8 +6,12 @@ and the README's configuration table lists every field of both (tests/test_docs.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .prompt_filter import DEFAULT_SAFE_NEGATIVE_PROMPT
 
 
 class ServingSettings(BaseSettings):
@@ -34,6 +38,15 @@ class ServingSettings(BaseSettings):
     retry_after_s: int = Field(5, ge=1, description="`Retry-After` seconds sent with 429/503 when overloaded.")
     max_book_pages: int = Field(24, ge=1, le=200, description="Most pages in one book job.")
     max_books: int = Field(4, ge=1, description="Book jobs drawing at once; more get 429 with `Retry-After` at submit.")
+
+    prompt_filter: bool = Field(True, description="Refuse prompts, page texts and titles the blocklists match (422).")
+    blocklist_dir: Path | None = Field(
+        None, description="A folder of extra blocklist files (`*.txt`) added to serving/blocklists/."
+    )
+    safe_negative_prompt: str = Field(
+        DEFAULT_SAFE_NEGATIVE_PROMPT,
+        description="Put in front of every page's negative prompt; empty turns it off.",
+    )
 
     api_key: SecretStr | None = Field(
         None, description="When set, /generate requires `Authorization: Bearer <key>`; health and metrics stay open."

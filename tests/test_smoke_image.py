@@ -10,9 +10,9 @@ import sys
 
 import pytest
 import yaml
-from server import REPO
 
 from deploy import smoke
+from testkit.server import REPO
 
 
 def render_dockerfile(bentofile: dict) -> list[str]:

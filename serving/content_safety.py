@@ -1,0 +1,38 @@
+"""The front's content-safety layer: user-written text is checked before any model work, and every page's negative
+prompt carries the child-safe one. (The picture check runs on the model side: pipeline/safety.py.)"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from starlette.responses import JSONResponse
+
+from pipeline.page import ErrorKind
+
+from .errors import HTTP_STATUS
+from .metrics import REFUSALS
+from .prompt_filter import REFUSAL_MESSAGE, PromptFilter
+from .settings import ServingSettings
+
+log = logging.getLogger("picturebook.safety")
+
+
+class PromptGate:
+    def __init__(self, settings: ServingSettings):
+        self.filter = PromptFilter.default(settings.blocklist_dir) if settings.prompt_filter else None
+        if self.filter is None:
+            log.warning("the prompt filter is OFF (PICTUREBOOK_PROMPT_FILTER=false): prompts are not checked")
+
+    def refusal(self, fields: Iterable[tuple[str, str | None]]) -> JSONResponse | None:
+        """A 422 naming the first field (`prompt`, `pages[2].text`) whose text is refused; None when all pass."""
+        if self.filter is None:
+            return None
+        found = self.filter.first_refusal(fields)
+        if found is None:
+            return None
+        field, refusal = found
+        log.warning("content refused in %s: %s", field, refusal)  # the category and term, never the whole text
+        REFUSALS.labels(kind="prompt_refused").inc()
+        kind = ErrorKind.content_refused
+        return JSONResponse({"error": REFUSAL_MESSAGE, "kind": kind.value, "field": field}, HTTP_STATUS[kind])
