@@ -14,9 +14,11 @@ from typing import Any
 import bentoml
 
 from pipeline.config import ModelSettings
+from serving.batching import bound_batch_wait
 from serving.bento_models import declared_models, model_paths
 from serving.drawing import PageDrawer
 from serving.guards import AdmissionLimit, ApiKeyAuth, JsonBodyOnly, RefusePickledBodies
+from serving.lifecycle import Lifecycle
 from serving.model_client import ModelClient
 from serving.schemas import GenerateRequest, GenerateResponse, PageJob, PageOutput
 from serving.settings import serving_settings as settings
@@ -47,6 +49,7 @@ class PageModel:
         started = time.perf_counter()
         self.generator = load_page_generator(model_paths(self, model_settings), model_settings)
         log.info("models loaded in %.1f s", time.perf_counter() - started)
+        bound_batch_wait(settings.batch_wait_fraction)
 
     # BentoML wants a batchable API's max_batch_size > 1; batch size 1 means no batcher, and the front still sends
     # a one-page list, so `draw` has the same signature either way.
@@ -59,8 +62,14 @@ class PageModel:
         results = self.generator.generate([job.page_request() for job in jobs])
         return [PageOutput.from_result(result) for result in results]
 
+    @bentoml.api
+    async def abandon(self, job_ids: list[str]) -> None:
+        """The front's clients for these jobs hung up (async: `draw` holds the one worker thread)."""
+        self.generator.abandon(job_ids)
+
 
 # Outermost first. The model's socket is reachable from anything in the pod: the same key, and JSON only.
+PageModel.add_asgi_middleware(Lifecycle, public=False, **settings.lifecycle)
 if api_key is not None:
     PageModel.add_asgi_middleware(ApiKeyAuth, api_key=api_key)
 PageModel.add_asgi_middleware(RefusePickledBodies)
@@ -106,7 +115,8 @@ class PictureBook:
         return await self.pages.generate(GenerateRequest(**fields))
 
 
-# Outermost first: refuse unauthenticated callers, then excess load, then bodies that are not small JSON.
+# Outermost first: draining and hang-ups, then refuse unauthenticated callers, excess load, bodies not small JSON.
+PictureBook.add_asgi_middleware(Lifecycle, public=True, **settings.lifecycle)
 if api_key is not None:
     PictureBook.add_asgi_middleware(ApiKeyAuth, api_key=api_key)
 PictureBook.add_asgi_middleware(AdmissionLimit, limit=settings.max_concurrency, retry_after_s=settings.retry_after_s)

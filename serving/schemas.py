@@ -115,6 +115,7 @@ class PageJob(GenerateRequest):
     """One page as the front hands it to the model service: validated, images normalised and re-encoded as PNG."""
 
     deadline: float | None = None  # wall-clock time after which the front no longer waits
+    job_id: str | None = None  # what the front names when it tells the model service the client hung up
 
     def page_request(self) -> PageRequest:
         return PageRequest(
