@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import select
 import signal
 import socket
 import statistics
@@ -145,17 +146,26 @@ def open_idle(url) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=30)
 
 
-def closed_by_server(sock: socket.socket) -> bool:
-    try:
-        return sock.recv(1) == b""
-    except (ConnectionResetError, TimeoutError):
-        return True
+def closed_within(socks: list[socket.socket], seconds: float) -> list[socket.socket]:
+    """The sockets the server closed within `seconds` from now (readable with nothing to read, or reset)."""
+    deadline, closed, waiting = time.monotonic() + seconds, [], list(socks)
+    while waiting and time.monotonic() < deadline:
+        readable, _, _ = select.select(waiting, [], [], max(0.0, deadline - time.monotonic()))
+        for sock in readable:
+            try:
+                data = sock.recv(1)
+            except ConnectionResetError:
+                data = b""
+            if data == b"":
+                closed.append(sock)
+                waiting.remove(sock)
+    return closed
 
 
-def test_connections_without_headers_are_closed_and_bounded(served):
+def test_connections_without_headers_are_closed(served):
     """The issue: 2,000 silent connections stayed open 60 s; one sending its headers slowly stayed past 150 s."""
     url, _, _ = served
-    silent = [open_idle(url) for _ in range(MAX_CONNECTIONS + 10)]
+    silent = [open_idle(url) for _ in range(20)]
     slow = open_idle(url)
     started = time.monotonic()
     header = b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 200
@@ -165,21 +175,17 @@ def test_connections_without_headers_are_closed_and_bounded(served):
         except OSError:
             break
         time.sleep(0.2)
-        if time.monotonic() - started > 15:
-            break
-    for sock in [*silent, slow]:
-        sock.settimeout(max(0.1, 15 - (time.monotonic() - started)))
-    assert all(closed_by_server(sock) for sock in [*silent, slow])
-    assert time.monotonic() - started < 16
+    socks = [*silent, slow]
+    assert len(closed_within(socks, 15 - (time.monotonic() - started))) == len(socks)
     assert requests.get(f"{url}/livez", timeout=5).status_code == 200
+    for sock in socks:
+        sock.close()
 
 
 def test_past_max_connections_new_ones_are_closed_at_once(served):
     url, _, _ = served
     held = [open_idle(url) for _ in range(MAX_CONNECTIONS + 10)]
-    for sock in held:
-        sock.settimeout(HEADER_TIMEOUT_S / 3)  # the header timeout has not struck yet
-    refused = [sock for sock in held if closed_by_server(sock)]
+    refused = closed_within(held, HEADER_TIMEOUT_S / 3)  # before the header timeout strikes
     assert len(refused) >= 10
     for sock in held:
         sock.close()
@@ -213,7 +219,7 @@ def test_sigterm_refuses_new_work_with_503_and_finishes_what_is_in_flight(served
         in_flight = pool.submit(post, url, page(steps=30))
         time.sleep(2)  # the page is being drawn
         process.send_signal(signal.SIGTERM)
-        wait_for_log(log, "SIGTERM: draining", within_s=10)
+        time.sleep(1)  # the signal reaches the workers
         refused = post(url, page(), timeout=10)
         ready = requests.get(f"{url}/readyz", timeout=5)
         drawn = in_flight.result()
@@ -222,6 +228,7 @@ def test_sigterm_refuses_new_work_with_503_and_finishes_what_is_in_flight(served
     assert drawn.status_code == 200, drawn.text
     Image.open(io.BytesIO(base64.b64decode(drawn.json()["img"]))).load()
     assert process.wait(60) == 0
+    assert "SIGTERM: draining 1 request(s) in flight" in log.read_text(errors="replace")
 
 
 def test_private_apis_keep_their_shape():
