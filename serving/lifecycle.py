@@ -152,11 +152,11 @@ async def cancel_on_hang_up(app, scope: Scope, receive: Receive, send: Send) -> 
 
     async def watch() -> None:
         await body_read.wait()
-        message = await receive()  # the body is read: the server's next message is the disconnect
-        if message["type"] == "http.disconnect":
-            hung_up.set()
-            if not responding:
-                task.cancel()
+        while (await receive())["type"] != "http.disconnect":  # after the body, only the disconnect matters
+            pass
+        hung_up.set()
+        if not responding:
+            task.cancel()
 
     watcher = asyncio.ensure_future(watch())
     try:
