@@ -18,12 +18,14 @@ import bentoml
 from bentoml.validators import ContentType
 
 from pipeline.config import ModelSettings
+from serving.batching import bound_batch_wait
 from serving.bento_models import declared_models, model_paths
 from serving.book_gate import BookGate
 from serving.books import BookJobs, BookRequest, BookResult, PdfRequest, draw_book, pdf_of
 from serving.content_safety import PromptGate
 from serving.drawing import PageDrawer
 from serving.guards import AdmissionLimit, ApiKeyAuth, JsonBodyOnly, RefusePickledBodies
+from serving.lifecycle import Lifecycle
 from serving.metrics import SAFETY_CHECKER_ENABLED, count_picture_checks
 from serving.model_client import ModelClient
 from serving.schemas import GenerateRequest, GenerateResponse, PageJob, PageOutput
@@ -59,6 +61,7 @@ class PageModel:
         self.generator = load_page_generator(model_paths(self, model_settings), model_settings)
         SAFETY_CHECKER_ENABLED.set(1 if model_settings.safety_checker else 0)
         log.info("models loaded in %.1f s", time.perf_counter() - started)
+        bound_batch_wait(settings.batch_wait_fraction)
 
     # BentoML wants a batchable API's max_batch_size > 1; batch size 1 means no batcher, and the front still sends
     # a one-page list, so `draw` has the same signature either way.
@@ -72,8 +75,14 @@ class PageModel:
         count_picture_checks(results)
         return [PageOutput.from_result(result) for result in results]
 
+    @bentoml.api
+    async def abandon(self, job_ids: list[str]) -> None:
+        """The front's clients for these jobs hung up (async: `draw` holds the one worker thread)."""
+        self.generator.abandon(job_ids)
+
 
 # Outermost first. The model's socket is reachable from anything in the pod: the same key, and JSON only.
+PageModel.add_asgi_middleware(Lifecycle, public=False, **settings.lifecycle)
 if api_key is not None:
     PageModel.add_asgi_middleware(ApiKeyAuth, api_key=api_key)
 PageModel.add_asgi_middleware(RefusePickledBodies)
@@ -139,7 +148,8 @@ class PictureBook:
         return pdf
 
 
-# Outermost first: refuse unauthenticated callers, then excess load, then bodies that are not small JSON.
+# Outermost first: draining and hang-ups, then refuse unauthenticated callers, excess load, bodies not small JSON.
+PictureBook.add_asgi_middleware(Lifecycle, public=True, **settings.lifecycle)
 if api_key is not None:
     PictureBook.add_asgi_middleware(ApiKeyAuth, api_key=api_key)
 PictureBook.add_asgi_middleware(AdmissionLimit, limit=settings.max_concurrency, retry_after_s=settings.retry_after_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field, replace
 
@@ -43,7 +44,40 @@ class PageError:
 
 
 class GenerationInterrupted(RuntimeError):
-    """Every request of a diffusion call passed its deadline; stopped between denoising steps."""
+    """Nobody waits for any page of a diffusion call any more (deadlines passed, clients gone); stopped between
+    denoising steps."""
+
+
+class AbandonedJobs:
+    """Job ids whose clients hung up. Filled from the serving loop, read between denoising steps (another thread).
+
+    An id usually leaves when its call ends; one that names no running job (its page was already done) expires after
+    `keep_s`, and at most `most` are kept, so a flood of hang-ups cannot grow it without bound."""
+
+    def __init__(self, keep_s: float = 900, most: int = 10_000):
+        self.keep_s = keep_s
+        self.most = most
+        self._since: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, job_ids) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for job_id in job_ids:
+                self._since[job_id] = now
+            expired = [job_id for job_id, since in self._since.items() if now - since > self.keep_s]
+            for job_id in expired:
+                del self._since[job_id]
+            for job_id in list(self._since)[: max(0, len(self._since) - self.most)]:  # oldest first
+                del self._since[job_id]
+
+    def __contains__(self, job_id: str | None) -> bool:
+        return job_id is not None and job_id in self._since
+
+    def discard(self, job_ids) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                self._since.pop(job_id, None)
 
 
 class PageGenerator:
@@ -63,6 +97,16 @@ class PageGenerator:
         self.spec = spec
         self.faults = faults or FaultSettings()
         self.embedder = ImageEmbedder(pipe.image_encoder, pipe.feature_extractor, settings.embedding_cache_size)
+        self.abandoned = AbandonedJobs()
+
+    def abandon(self, job_ids: list[str]) -> None:
+        """These jobs' clients hung up: their pages are not drawn, and a call stops at its next denoising step once
+        every page in it is abandoned or past its deadline. Thread-safe; unknown ids are kept a while, then dropped."""
+        self.abandoned.add(job_ids)
+
+    def wanted(self, request: PageRequest, now: float) -> bool:
+        """Someone still waits for this page."""
+        return request.job_id not in self.abandoned and (request.deadline is None or now <= request.deadline)
 
     @property
     def device(self) -> torch.device:
@@ -86,27 +130,36 @@ class PageGenerator:
         """One result per request, in order. A page depends only on its own request, never on its batch-mates.
 
         A failure stays with the requests it concerns: a group that runs out of accelerator memory is split and
-        retried, down to single pages; requests past their deadline get a timeout; other groups go on.
+        retried, down to single pages; requests past their deadline get a timeout; other groups go on. A request
+        whose client has already hung up is not drawn (a timeout too: nobody reads that answer).
         """
         results: list[PageResult | None] = [None] * len(requests)
         resolved: dict[int, PageRequest] = {}
         for index, request in enumerate(requests):
+            if request.job_id in self.abandoned:
+                results[index] = PageResult(None, request.seed or 0, 0, error=PageError(ErrorKind.timeout, HUNG_UP))
+                continue
             try:
                 resolved[index] = self.with_defaults(request)
             except ValueError as error:
                 results[index] = PageResult(None, request.seed or 0, 0, error=PageError(ErrorKind.invalid, str(error)))
-        drawn = self._draw_in_groups(resolved)
-        # A flagged page never leaves: it is redrawn with a seed derived from its own, then refused.
-        for attempt in range(1, self.settings.safety_retries + 1):
-            flagged = {
-                i: replace(resolved[i], seed=redraw_seed(resolved[i].seed, attempt)) for i in drawn if drawn[i].flagged
-            }
-            if not flagged:
-                break
-            log.warning("%d page(s) flagged by the picture check; redrawing (attempt %d)", len(flagged), attempt)
-            for index, result in self._draw_in_groups(flagged).items():
-                result.flagged_draws += drawn[index].flagged_draws
-                drawn[index] = result
+        try:
+            drawn = self._draw_in_groups(resolved)
+            # A flagged page never leaves: it is redrawn with a seed derived from its own, then refused.
+            for attempt in range(1, self.settings.safety_retries + 1):
+                flagged = {
+                    i: replace(resolved[i], seed=redraw_seed(resolved[i].seed, attempt))
+                    for i in drawn
+                    if drawn[i].flagged
+                }
+                if not flagged:
+                    break
+                log.warning("%d page(s) flagged by the picture check; redrawing (attempt %d)", len(flagged), attempt)
+                for index, result in self._draw_in_groups(flagged).items():
+                    result.flagged_draws += drawn[index].flagged_draws
+                    drawn[index] = result
+        finally:
+            self.abandoned.discard(request.job_id for request in requests if request.job_id is not None)
         for index, result in drawn.items():
             if result.flagged:
                 result = PageResult(None, result.seed, result.batch_size, flagged_draws=result.flagged_draws)
@@ -181,13 +234,14 @@ class PageGenerator:
         )
         # One CPU generator per request: the same seed gives the same initial latents on any device, alone or batched.
         generators = [torch.Generator("cpu").manual_seed(request.seed) for request in requests]
-        deadlines = [r.deadline for r in requests]
-        # Stop only when nobody waits any more: a batch-mate with time left still wants its page.
-        give_up_at = None if None in deadlines else max(deadlines)
 
         def on_step_end(pipe, step, timestep, callback_kwargs):
-            if give_up_at is not None and time.time() > give_up_at:
-                raise GenerationInterrupted(f"timed out; stopped after step {step + 1} of {first.steps}")
+            # Stop only when nobody waits any more: a batch-mate still waiting gets its page.
+            now = time.time()
+            if not any(self.wanted(request, now) for request in requests):
+                hung_up = all(request.job_id in self.abandoned for request in requests)
+                why = HUNG_UP if hung_up else "timed out"
+                raise GenerationInterrupted(f"{why}; stopped after step {step + 1} of {first.steps}")
             return callback_kwargs
 
         self.faults.inject([request.prompt for request in requests])
@@ -268,6 +322,9 @@ class PageGenerator:
             return self._with_negatives([self.embedder.negative()] * len(requests))
         encoded = self.embedder.encode([request.prev_frame for request in requests])
         return self._with_negatives([embedding.unsqueeze(0) for embedding in encoded])
+
+
+HUNG_UP = "every client of the page hung up"
 
 
 def redraw_seed(seed: int, attempt: int) -> int:

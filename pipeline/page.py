@@ -67,6 +67,7 @@ class PageRequest:
     guidance_scale: float | None = None
     regions: tuple[Box, ...] | None = None  # one box per character; default_regions when absent
     deadline: float | None = None  # wall-clock time (time.time()) after which nobody waits for this page
+    job_id: str | None = None  # names the page to PageGenerator.abandon when its client hangs up
 
     def group_key(self) -> tuple:
         """Requests with the same key run in one diffusion call (the pipeline takes these per call, not per item).

@@ -4,7 +4,9 @@ and turn its answer into the HTTP response."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import uuid
 
 import bentoml
 from starlette.responses import JSONResponse
@@ -16,6 +18,9 @@ from .model_client import ModelClient
 from .prompt_filter import with_safe_negative
 from .schemas import GenerateRequest, GenerateResponse, PageJob, PageOutput
 from .settings import ServingSettings
+
+log = logging.getLogger(__name__)
+ABANDON_CALL_S = 10  # telling the model service about a hang-up is best effort: never hold a cancelled task long
 
 
 class Overloaded(Exception):
@@ -37,6 +42,7 @@ def page_job(request: GenerateRequest, deadline: float, limits: dict[str, int], 
         prev_frame=encode_png(prev, compress_level=1) if prev else None,
         characters=[encode_png(c, compress_level=1) for c in characters],
         deadline=deadline,
+        job_id=uuid.uuid4().hex,
     )
 
 
@@ -47,14 +53,27 @@ class PageDrawer:
         self.prompts = prompts
 
     async def draw(self, job: PageJob) -> PageOutput:
-        """One page through the model service's adaptive batcher; raises Overloaded when its queue is full."""
+        """One page through the model service's adaptive batcher; raises Overloaded when its queue is full.
+
+        Cancelled (the client hung up, see serving/lifecycle.py): the model service is told, so it does not draw
+        the page for nobody. Cancelling the call alone would not stop it: the model service never sees the closed
+        connection while the page waits in its batcher or is being drawn in a thread."""
         try:
             [output] = await self.client.calls.draw([job])
         except bentoml.exceptions.BentoMLException as error:
             if error.error_code.value in (429, 503):
                 raise Overloaded(str(error)) from None
             raise
+        except asyncio.CancelledError:
+            await self.abandon(job)
+            raise
         return PageOutput.model_validate(output) if isinstance(output, dict) else output
+
+    async def abandon(self, job: PageJob) -> None:
+        try:
+            await asyncio.wait_for(self.client.calls.abandon(job_ids=[job.job_id]), ABANDON_CALL_S)
+        except Exception as error:  # the model may be gone too; its deadline check still stops the page
+            log.warning("could not tell the model service that job %s was abandoned: %r", job.job_id, error)
 
     async def page(self, request: GenerateRequest) -> PageOutput:
         """A checked request drawn: decode its pictures (400 naming the field), then through the batcher."""

@@ -132,6 +132,7 @@ class PageJob(GenerateRequest):
 
     deadline: float | None = None  # wall-clock time after which the front no longer waits
     negative_prompt: str = ""  # the user's, after the child-safe one the front put first: unbounded here
+    job_id: str | None = None  # what the front names when it tells the model service the client hung up
 
     def page_request(self) -> PageRequest:
         return PageRequest(

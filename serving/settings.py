@@ -24,6 +24,13 @@ class ServingSettings(BaseSettings):
     max_latency_ms: int = Field(
         60_000, ge=1, description="Adaptive batching: latency budget a request may wait in the batch queue plus run."
     )
+    batch_wait_fraction: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Adaptive batching: most a lone request waits for batch-mates, as a fraction of a one-page "
+        "call's time (BentoML's estimate); bounds what a lone request costs over its page.",
+    )
     request_timeout_s: int = Field(120, ge=1, description="Seconds a /generate request may take end to end.")
     max_concurrency: int = Field(16, ge=1, description="Requests the front service admits at once; more get 429/503.")
 
@@ -35,6 +42,13 @@ class ServingSettings(BaseSettings):
     max_body_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest /generate body; larger ones get 413 before they are read whole."
     )
+    header_timeout_s: float = Field(
+        10,
+        gt=0,
+        description="Seconds a connection may take to send a request's headers (from opening it or "
+        "from its last response); then it is closed.",
+    )
+    max_connections: int = Field(1000, ge=1, description="Open connections per worker; more are closed at once.")
     retry_after_s: int = Field(5, ge=1, description="`Retry-After` seconds sent with 429/503 when overloaded.")
     max_book_pages: int = Field(24, ge=1, le=200, description="Most pages in one book job.")
     max_books: int = Field(4, ge=1, description="Book jobs drawing at once; more get 429 with `Retry-After` at submit.")
@@ -60,6 +74,14 @@ class ServingSettings(BaseSettings):
         description="Tag of a BentoML model holding all model folders "
         "(made by `python -m serving.bento_models import`); the offline alternative to hub downloads for `sdxl`.",
     )
+
+    @property
+    def lifecycle(self) -> dict[str, float]:
+        return {
+            "retry_after_s": self.retry_after_s,
+            "header_timeout_s": self.header_timeout_s,
+            "max_connections": self.max_connections,
+        }
 
     @property
     def image_limits(self) -> dict[str, int]:

@@ -1,0 +1,102 @@
+"""A lone request after a burst: does the adaptive batcher go back to answering single clients at once?
+
+`python -m bench.after_burst [--clients 40] [--burst-s 60] [--singles 10] [--env KEY=VALUE ...]`
+
+Starts the real server (tiny profile), times `--singles` sequential requests (the page time), runs `--clients`
+concurrent clients for `--burst-s` seconds, then times `--singles` sequential requests again, and prints the medians
+and their ratio as JSON. Both sides of the ratio come from the same server minutes apart: on a shared machine, run
+before and after a change back to back and compare ratios, not seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from bench.common import median, progress
+from bench.served import prepare_store
+from bench.workload import payload
+from testkit.server import bentoml_serve, free_port
+
+
+def lone_requests(url: str, count: int, first: int) -> list[float]:
+    seconds = []
+    with requests.Session() as session:
+        for i in range(count):
+            started = time.perf_counter()
+            response = session.post(f"{url}/generate", json=payload(first + i), timeout=180)
+            seconds.append(time.perf_counter() - started)
+            response.raise_for_status()
+    return seconds
+
+
+def burst(url: str, clients: int, duration_s: float) -> dict[str, int]:
+    stop_at = time.monotonic() + duration_s
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        with requests.Session() as session:
+            i = 0
+            while time.monotonic() < stop_at:
+                status = session.post(f"{url}/generate", json=payload(10_000 * index + i), timeout=180).status_code
+                with lock:
+                    statuses[status] = statuses.get(status, 0) + 1
+                if status != 200:
+                    time.sleep(0.2)
+                i += 1
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return statuses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=40)
+    parser.add_argument("--burst-s", type=float, default=60)
+    parser.add_argument("--singles", type=int, default=10)
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
+    args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
+
+    with tempfile.TemporaryDirectory() as home:
+        prepare_store(Path(home))
+        with bentoml_serve(Path(home) / "serve.log", Path(home), free_port(), **env) as (url, _):
+            lone_requests(url, 12, 0)  # the batcher's training calls
+            before = lone_requests(url, args.singles, 100)
+            progress(f"lone before: median {median(before):.3f} s; burst of {args.clients} clients")
+            statuses = burst(url, args.clients, args.burst_s)
+            after = lone_requests(url, args.singles, 200)
+            progress(f"lone after: median {median(after):.3f} s")
+            later = lone_requests(url, args.singles, 300)
+    print(
+        json.dumps(
+            {
+                "env": env,
+                "burst_statuses": statuses,
+                "lone_before_s": [round(s, 3) for s in before],
+                "lone_after_s": [round(s, 3) for s in after],
+                "lone_later_s": [round(s, 3) for s in later],
+                "median_before_s": round(median(before), 3),
+                "median_after_s": round(median(after), 3),
+                "median_later_s": round(median(later), 3),
+                "ratio_after": round(median(after) / median(before), 2),
+                "ratio_later": round(median(later) / median(before), 2),
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
