@@ -106,8 +106,9 @@ class PictureBook:
         return await self.pages.generate(GenerateRequest(**fields))
 
 
-# Outermost first: refuse unauthenticated callers, then excess load, then bodies that are not small JSON.
+# Outermost first: refuse unauthenticated callers, then bodies that are not small JSON arriving in time, then excess
+# load (a request is admitted once its body is here, so slow senders hold no slot).
 if api_key is not None:
     PictureBook.add_asgi_middleware(ApiKeyAuth, api_key=api_key)
+PictureBook.add_asgi_middleware(JsonBodyOnly, **settings.body_limits)
 PictureBook.add_asgi_middleware(AdmissionLimit, limit=settings.max_concurrency, retry_after_s=settings.retry_after_s)
-PictureBook.add_asgi_middleware(JsonBodyOnly, max_bytes=settings.max_body_bytes)

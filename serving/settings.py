@@ -31,6 +31,18 @@ class ServingSettings(BaseSettings):
     max_body_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest /generate body; larger ones get 413 before they are read whole."
     )
+    body_read_min_s: float = Field(
+        10.0, gt=0, description="Seconds any /generate body may take to arrive; 408 after that (see below)."
+    )
+    body_read_s_per_mib: float = Field(
+        5.0, ge=0, description="Further seconds per MiB of body (declared or received so far) before 408."
+    )
+    max_image_side: int = Field(
+        1024, ge=64, description="Request pictures are scaled down to this longest side before the model sees them."
+    )
+    max_image_aspect_ratio: float = Field(
+        4.0, ge=1.0, description="Request pictures longer than this ratio are stretched to it (what the model scales)."
+    )
     retry_after_s: int = Field(5, ge=1, description="`Retry-After` seconds sent with 429/503 when overloaded.")
 
     api_key: SecretStr | None = Field(
@@ -47,8 +59,21 @@ class ServingSettings(BaseSettings):
     )
 
     @property
-    def image_limits(self) -> dict[str, int]:
-        return {"max_bytes": self.max_image_bytes, "max_pixels": self.max_image_pixels}
+    def image_limits(self) -> dict[str, int | float]:
+        return {
+            "max_bytes": self.max_image_bytes,
+            "max_pixels": self.max_image_pixels,
+            "max_side": self.max_image_side,
+            "max_aspect_ratio": self.max_image_aspect_ratio,
+        }
+
+    @property
+    def body_limits(self) -> dict[str, int | float]:
+        return {
+            "max_bytes": self.max_body_bytes,
+            "min_read_s": self.body_read_min_s,
+            "read_s_per_mib": self.body_read_s_per_mib,
+        }
 
 
 # Read once per process, at import: BentoML reads the service classes' options from them at import time too.
