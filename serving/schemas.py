@@ -49,11 +49,19 @@ def _side(axis: str):
     )
 
 
+def _nullable_in_openapi(schema: dict) -> None:
+    """OpenAPI 3.0 (BentoML's) has no `null` type; BentoML drops it from `anyOf`, so mark the fields that take
+    null as `nullable`."""
+    for prop in schema.get("properties", {}).values():
+        if {"type": "null"} in prop.get("anyOf", []):
+            prop["nullable"] = True
+
+
 class GenerateRequest(BaseModel):
     """The seed's request, plus optional generation settings."""
 
     # Unknown fields are ignored, not refused: clients written against a later or earlier contract keep working.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_nullable_in_openapi)
 
     prev_frame: str | None = Field(
         None,
@@ -92,6 +100,14 @@ class GenerateRequest(BaseModel):
     guidance_scale: float | None = Field(
         None, ge=0.0, le=MAX_GUIDANCE_SCALE, description="Classifier-free guidance scale."
     )
+
+    @field_validator("prev_frame")
+    @classmethod
+    def _empty_is_no_picture(cls, prev_frame: str | None):
+        # As for an empty `characters` entry: "" is not a picture. The first page omits `prev_frame` (or sends null).
+        if prev_frame is not None and not prev_frame.strip():
+            raise ValueError("empty image; omit prev_frame (or send null) for the first page of a book")
+        return prev_frame
 
     @field_validator("regions")
     @classmethod
