@@ -219,6 +219,10 @@ class JsonBodyOnly:
                 )
                 return None
             if message["type"] == "http.disconnect":
+                # Nobody will read this answer, but the request must end with one: BentoML's TimeoutMiddleware
+                # (outside these guards) waits for the first message sent, and until then a client that left
+                # mid-body kept the worker from stopping on SIGTERM.
+                await send_json(send, 400, {"error": "the client left before sending the whole body"})
                 return None
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
