@@ -154,14 +154,22 @@ class AdmissionLimit:
 
 class JsonBodyOnly:
     """POST bodies must be JSON (415 otherwise), no larger than `max_bytes` (413, decided before reading when the
-    length is declared) and arrive within `min_read_s` plus `read_s_per_mib` per MiB (408 otherwise). The body is
-    read whole here and handed on, so what is inside (admission, the API) never waits on a slow sender."""
+    length is declared), and keep arriving: within `min_read_s` plus `read_s_per_mib` for every MiB received so far
+    (408 otherwise, so declaring a large body buys a trickling sender nothing). Bodies being received hold at most
+    `max_buffered_bytes` together (429 beyond: it bounds their memory as admission did before, while slow senders,
+    holding a few bytes each, block nobody). The body is read whole here and handed on, so what is inside
+    (admission, the API) never waits on a slow sender."""
 
-    def __init__(self, app, max_bytes: int, min_read_s: float, read_s_per_mib: float):
+    def __init__(
+        self, app, max_bytes: int, min_read_s: float, read_s_per_mib: float, max_buffered_bytes: int, retry_after_s: int
+    ):
         self.app = app
         self.max_bytes = max_bytes
         self.min_read_s = min_read_s
         self.read_s_per_mib = read_s_per_mib
+        self.max_buffered_bytes = max_buffered_bytes
+        self.retry_after = str(retry_after_s).encode()
+        self.buffered = 0  # bytes of all bodies being received
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -184,7 +192,7 @@ class JsonBodyOnly:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await self.too_large(send)
             return
-        body = await self.read_body(receive, send, int(declared) if declared is not None else 0)
+        body = await self.read_body(receive, send)
         if body is None:
             return
         replayed = False
@@ -198,23 +206,30 @@ class JsonBodyOnly:
 
         await self.app(scope, replay, send)
 
-    async def read_body(self, receive: Receive, send: Send, declared: int) -> bytes | None:
-        """The whole body, or None once the request has been answered (413, 408) or the client has gone.
+    async def read_body(self, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, or None once the request has been answered (413, 408, 429, or the client has gone).
 
-        A chunked body has no Content-Length: it is counted as it arrives, and its deadline grows with it. (The API
-        reads the body whole anyway, so buffering it here costs no extra memory.)"""
+        A chunked body has no Content-Length: it is counted as it arrives. (The API reads the body whole anyway,
+        so buffering it here costs no extra memory.)"""
+        chunks: list[bytes] = []
+        try:
+            return await self._read(receive, send, chunks)
+        finally:
+            self.buffered -= sum(len(chunk) for chunk in chunks)
+
+    async def _read(self, receive: Receive, send: Send, chunks: list[bytes]) -> bytes | None:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        chunks, size = [], 0
+        size = 0
         while True:
-            allowed = self.min_read_s + self.read_s_per_mib * max(declared, size) / MIB
+            allowed = self.min_read_s + self.read_s_per_mib * size / MIB
             try:
                 message = await asyncio.wait_for(receive(), started + allowed - loop.time())
             except TimeoutError:
                 await send_json(
                     send,
                     408,
-                    {"error": f"the body did not arrive within {allowed:.0f} s"},
+                    {"error": f"the body did not arrive in time ({size} bytes in {allowed:.0f} s)"},
                     [(b"connection", b"close")],
                 )
                 return None
@@ -224,11 +239,21 @@ class JsonBodyOnly:
                 # mid-body kept the worker from stopping on SIGTERM.
                 await send_json(send, 400, {"error": "the client left before sending the whole body"})
                 return None
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
+            chunk = message.get("body", b"")
+            size += len(chunk)
             if size > self.max_bytes:
                 await self.too_large(send)
                 return None
+            if self.buffered + len(chunk) > self.max_buffered_bytes:
+                await send_json(
+                    send,
+                    429,
+                    {"error": "too many request bodies arriving at once; retry later"},
+                    [(b"retry-after", self.retry_after), (b"connection", b"close")],
+                )
+                return None
+            chunks.append(chunk)
+            self.buffered += len(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
 

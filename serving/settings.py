@@ -32,10 +32,10 @@ class ServingSettings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="Largest /generate body; larger ones get 413 before they are read whole."
     )
     body_read_min_s: float = Field(
-        10.0, gt=0, description="Seconds any /generate body may take to arrive; 408 after that (see below)."
+        10.0, gt=0, description="Seconds a /generate body may take to arrive, plus the next setting's; 408 after."
     )
     body_read_s_per_mib: float = Field(
-        5.0, ge=0, description="Further seconds per MiB of body (declared or received so far) before 408."
+        5.0, ge=0, description="Further seconds a body may take per MiB received so far (a minimum rate); 408 after."
     )
     max_image_side: int = Field(
         1024, ge=64, description="Request pictures are scaled down to this longest side before the model sees them."
@@ -73,6 +73,9 @@ class ServingSettings(BaseSettings):
             "max_bytes": self.max_body_bytes,
             "min_read_s": self.body_read_min_s,
             "read_s_per_mib": self.body_read_s_per_mib,
+            # Bodies being received are not admitted yet: their memory stays within what admission allowed before.
+            "max_buffered_bytes": self.max_concurrency * self.max_body_bytes,
+            "retry_after_s": self.retry_after_s,
         }
 
 
