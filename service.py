@@ -148,12 +148,13 @@ class PictureBook:
         return pdf
 
 
-# Outermost first: draining and hang-ups, then refuse unauthenticated callers, excess load, bodies not small JSON.
+# Outermost first: draining and hang-ups; refuse unauthenticated callers; bodies that are not small JSON arriving in
+# time; excess load (a request is admitted once its body is here, so slow senders hold no slot); book submissions.
 PictureBook.add_asgi_middleware(Lifecycle, public=True, **settings.lifecycle)
 if api_key is not None:
     PictureBook.add_asgi_middleware(ApiKeyAuth, api_key=api_key)
+PictureBook.add_asgi_middleware(JsonBodyOnly, **settings.body_limits)
 PictureBook.add_asgi_middleware(AdmissionLimit, limit=settings.max_concurrency, retry_after_s=settings.retry_after_s)
-PictureBook.add_asgi_middleware(JsonBodyOnly, max_bytes=settings.max_body_bytes)
 PictureBook.add_asgi_middleware(
     BookGate,
     jobs=book_jobs,

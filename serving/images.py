@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 import re
+import threading
 import warnings
+from contextlib import contextmanager
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -14,6 +17,8 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,")
 # Pillow raises DecompressionBombError above twice this; checked from the header, before any pixel is decoded.
 Image.MAX_IMAGE_PIXELS = 40_000_000
+NO_WHITESPACE = str.maketrans("", "", " \t\n\r\f\v")
+URL_SAFE = str.maketrans("-_", "+/")
 
 
 class ImageInputError(ValueError):
@@ -25,17 +30,18 @@ class ImageInputError(ValueError):
         self.message = message
 
 
-def decode_image(data: str, field: str, *, max_bytes: int, max_pixels: int) -> Image.Image:
-    """base64 (optionally a `data:image/...;base64,` URL) -> normalised RGB picture. Never fetches a URL."""
-    data = DATA_URL.sub("", data.strip(), count=1)
-    if len(data) > (max_bytes * 4) // 3 + 4:
-        raise ImageInputError(field, f"image is larger than {max_bytes} bytes")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise ImageInputError(field, "not valid base64") from None
-    if not raw:
-        raise ImageInputError(field, "empty image")
+def decode_image(
+    data: str, field: str, *, max_bytes: int, max_pixels: int, max_side: int = 1024, max_aspect_ratio: float = 4.0
+) -> Image.Image:
+    """base64 (optionally a `data:image/...;base64,` URL) -> RGB picture of bounded size and shape, ready for the
+    model service. Never fetches a URL.
+
+    Whatever the picture, what the model is handed is at most `max_side` on its longest side and at most
+    `max_aspect_ratio` long: the image encoder and the depth detector scale the *short* side up to their input
+    size, so a 2x16000 picture would otherwise cost gigabytes there. Longer pictures are stretched to the ratio
+    rather than refused: a page's own width and height may be further apart than that, its depth map is stretched
+    back to the page, and the image encoder crops a square from the middle anyway."""
+    raw = base64_bytes(data, field, max_bytes)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -44,8 +50,14 @@ def decode_image(data: str, field: str, *, max_bytes: int, max_pixels: int) -> I
             if width * height > max_pixels:
                 raise ImageInputError(field, f"image has {width}x{height} pixels, more than {max_pixels} allowed")
             image.seek(0)  # first frame of an animation
-            image.load()
-            image = ImageOps.exif_transpose(image)
+            # JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers the bounded size (other formats: no-op).
+            scale = max_side / max(width, height)
+            if scale < 1:
+                image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
+            with decoding.hold(image.size[0] * image.size[1]):
+                image.load()
+                ImageOps.exif_transpose(image, in_place=True)  # a copy only when it rotates
+                image = bounded(to_rgb(image), max_side, max_aspect_ratio)
     except ImageInputError:
         raise
     except UnidentifiedImageError:
@@ -54,7 +66,70 @@ def decode_image(data: str, field: str, *, max_bytes: int, max_pixels: int) -> I
         raise ImageInputError(field, f"image has more than {max_pixels} pixels") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageInputError(field, f"image could not be decoded ({error})") from None
-    return to_rgb(image)
+    return image
+
+
+def base64_bytes(data: str, field: str, max_bytes: int) -> bytes:
+    """Standard or URL-safe base64, padded or not, with ASCII whitespace anywhere (the line breaks every 76
+    characters that `base64`, `base64.encodebytes` and MIME encoders write); any other character is refused."""
+    data = DATA_URL.sub("", data.strip(), count=1).translate(NO_WHITESPACE).translate(URL_SAFE)
+    if len(data) > (max_bytes * 4) // 3 + 4:
+        raise ImageInputError(field, f"image is larger than {max_bytes} bytes")
+    if len(data) % 4 == 1:
+        raise ImageInputError(field, "not valid base64")
+    try:
+        raw = base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageInputError(field, "not valid base64") from None
+    if not raw:
+        raise ImageInputError(field, "empty image")
+    return raw
+
+
+def bounded(image: Image.Image, max_side: int, max_aspect_ratio: float) -> Image.Image:
+    """Scaled down to `max_side` (keeping the shape), then the short side stretched up to `max_aspect_ratio`."""
+    width, height = image.size
+    if max(width, height) > max_side:
+        scale = max_side / max(width, height)
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+        # Downscale first and alone: stretching a 1x16000000 picture before shrinking it would make 4 Gpx.
+        image = image.resize((width, height), Image.LANCZOS, reducing_gap=2.0)
+    if width > height * max_aspect_ratio:
+        image = image.resize((width, math.ceil(width / max_aspect_ratio)), Image.BICUBIC)
+    elif height > width * max_aspect_ratio:
+        image = image.resize((math.ceil(height / max_aspect_ratio), height), Image.BICUBIC)
+    return image
+
+
+class PixelBudget:
+    """Bounds the pixels being decoded at once across concurrent requests: a few hundred bytes of PNG can claim
+    16 Mpx (48 MB once decoded), and sixteen such requests at once would otherwise hold them all together."""
+
+    def __init__(self, pixels: int):
+        self.limit = pixels
+        self.used = 0
+        self.freed = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int):
+        pixels = min(pixels, self.limit)  # one picture larger than the budget runs alone
+        with self.freed:
+            self.freed.wait_for(lambda: self.used + pixels <= self.limit)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self.freed:
+                self.used -= pixels
+                self.freed.notify_all()
+
+
+# Three pictures at the default pixel cap decode at once, the others wait: about 150 MB of RGB at most.
+decoding = PixelBudget(48_000_000)
+# Pillow frees a large image's 16 MB blocks to the allocator of the thread that decoded it, and glibc keeps them in
+# that thread's arena: sixteen decoding threads would keep sixteen pictures' worth (2 GB for 16 Mpx PNGs). Kept in
+# Pillow's own cache (PILLOW_BLOCKS_MAX) instead, they are reused by whichever thread decodes next; 128 MB at most.
+Image.core.set_blocks_max(8)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -49,11 +49,19 @@ def _side(axis: str):
     )
 
 
+def _nullable_in_openapi(schema: dict) -> None:
+    """OpenAPI 3.0 (BentoML's) has no `null` type; BentoML drops it from `anyOf`, so mark the fields that take
+    null as `nullable`."""
+    for prop in schema.get("properties", {}).values():
+        if {"type": "null"} in prop.get("anyOf", []):
+            prop["nullable"] = True
+
+
 class Cast(BaseModel):
     """The characters of a page or a book, and where each goes."""
 
     # Unknown fields are ignored, not refused: clients written against a later or earlier contract keep working.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_nullable_in_openapi)
 
     characters: list[str] = Field(
         default_factory=list,
@@ -118,6 +126,14 @@ class GenerateRequest(PageSettings, Cast):
         examples=["Two friends talk in a garden, character 1 on the left, character 2 on the right"],
     )
     seed: int | None = seed_field(examples=[42])
+
+    @field_validator("prev_frame")
+    @classmethod
+    def _empty_is_absent(cls, prev_frame: str | None):
+        # The rule for every picture field: "" where a picture may be absent means absent (clients written against
+        # the original contract send it for a first page); an empty entry of `characters` is a bad picture (400),
+        # since a list entry cannot be absent without moving the characters after it.
+        return prev_frame if prev_frame is None or prev_frame.strip() else None
 
 
 class GenerateResponse(BaseModel):

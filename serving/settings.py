@@ -49,6 +49,18 @@ class ServingSettings(BaseSettings):
         "from its last response); then it is closed.",
     )
     max_connections: int = Field(1000, ge=1, description="Open connections per worker; more are closed at once.")
+    body_read_min_s: float = Field(
+        10.0, gt=0, description="Seconds a /generate body may take to arrive, plus the next setting's; 408 after."
+    )
+    body_read_s_per_mib: float = Field(
+        5.0, ge=0, description="Further seconds a body may take per MiB received so far (a minimum rate); 408 after."
+    )
+    max_image_side: int = Field(
+        1024, ge=64, description="Request pictures are scaled down to this longest side before the model sees them."
+    )
+    max_image_aspect_ratio: float = Field(
+        4.0, ge=1.0, description="Request pictures longer than this ratio are stretched to it (what the model scales)."
+    )
     retry_after_s: int = Field(5, ge=1, description="`Retry-After` seconds sent with 429/503 when overloaded.")
     max_book_pages: int = Field(24, ge=1, le=200, description="Most pages in one book job.")
     max_books: int = Field(4, ge=1, description="Book jobs drawing at once; more get 429 with `Retry-After` at submit.")
@@ -84,8 +96,24 @@ class ServingSettings(BaseSettings):
         }
 
     @property
-    def image_limits(self) -> dict[str, int]:
-        return {"max_bytes": self.max_image_bytes, "max_pixels": self.max_image_pixels}
+    def image_limits(self) -> dict[str, int | float]:
+        return {
+            "max_bytes": self.max_image_bytes,
+            "max_pixels": self.max_image_pixels,
+            "max_side": self.max_image_side,
+            "max_aspect_ratio": self.max_image_aspect_ratio,
+        }
+
+    @property
+    def body_limits(self) -> dict[str, int | float]:
+        return {
+            "max_bytes": self.max_body_bytes,
+            "min_read_s": self.body_read_min_s,
+            "read_s_per_mib": self.body_read_s_per_mib,
+            # Bodies being received are not admitted yet: their memory stays within what admission allowed before.
+            "max_buffered_bytes": self.max_concurrency * self.max_body_bytes,
+            "retry_after_s": self.retry_after_s,
+        }
 
 
 # Read once per process, at import: BentoML reads the service classes' options from them at import time too.

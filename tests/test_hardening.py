@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,7 +34,9 @@ LIMITS = {
     "PICTUREBOOK_REQUEST_TIMEOUT_S": "6",
     "PICTUREBOOK_FAULT_OOM_PROMPT_MARKER": "GIGANTIC",
     "PICTUREBOOK_CORS_ORIGINS": '["https://books.example"]',
+    "PICTUREBOOK_BODY_READ_MIN_S": "3",
 }
+SERVERS: list[subprocess.Popen] = []  # the hardened server's `bentoml serve`, to find its workers' memory
 
 
 def b64(image: Image.Image, fmt="PNG", **save) -> str:
@@ -49,7 +53,7 @@ def good(**change):
 @pytest.fixture(scope="module")
 def hardened(tmp_path_factory, bentoml_home):
     log = tmp_path_factory.mktemp("hardened") / "serve.log"
-    with bentoml_serve(log, bentoml_home, free_port(), **LIMITS) as (url, _):
+    with bentoml_serve(log, bentoml_home, free_port(), on_start=SERVERS.append, **LIMITS) as (url, _):
         yield url, log
 
 
@@ -90,6 +94,8 @@ BAD_REQUESTS = [
     ("prompt not a string", good(prompt=123), 400, "prompt"),
     ("seed not an integer", good(seed="forty-two"), 400, "seed"),
     ("missing prompt", {"characters": []}, 400, "prompt"),
+    ("empty character", good(characters=[""]), 400, "characters"),
+    ("whitespace as prev_frame", good(prev_frame=" \n"), 400, "prev_frame"),
 ]
 
 
@@ -278,3 +284,259 @@ def test_sigterm_lets_in_flight_pages_finish(tmp_path, bentoml_home):
         assert response.status_code == 200, response.text
         Image.open(io.BytesIO(base64.b64decode(response.json()["img"]))).load()
         assert process.wait(60) == 0
+
+
+# --- Hostile input: headers both sides read differently, slow senders, pictures that amplify, logs (issue 18) ---
+
+
+class WritesAFile:
+    """Unpickling this creates `path`: proof that a body was unpickled."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def raw_http(request: bytes, *, port: int | None = None, uds: str | None = None) -> bytes:
+    """One request over a plain socket (the clients above cannot send a header twice); the status line and body."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX) if uds else socket.create_connection(("127.0.0.1", port))
+    with sock:
+        if uds:
+            sock.connect(uds)
+        sock.settimeout(30)
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+def request_bytes(path: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: picturebook", *(f"{k}: {v}" for k, v in headers), "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+@pytest.mark.parametrize(
+    "types",
+    [("application/vnd.bentoml+pickle", "application/json"), ("application/json", "application/vnd.bentoml+pickle")],
+)
+def test_two_content_types_unpickle_nothing_on_either_service(hardened, tmp_path, types):
+    import pickle
+
+    url, _ = hardened
+    port = int(url.rsplit(":", 1)[1])
+    for where, path, address in (
+        ("model", "/draw", {"uds": model_service_socket(url)}),
+        ("front", "/generate", {"port": port}),
+    ):
+        marker = tmp_path / f"unpickled-by-{where}"
+        body = pickle.dumps({"jobs": WritesAFile(marker), "prompt": WritesAFile(marker)})
+        headers = [AUTH_HEADER, *(("Content-Type", t) for t in types), ("Content-Length", str(len(body)))]
+        answer = raw_http(request_bytes(path, headers, body), **address)
+        assert status_of(answer) == 400 and b"Content-Type" in answer, answer[:300]
+        assert not marker.exists(), f"the {where} service unpickled a body"
+
+
+AUTH_HEADER = ("Authorization", f"Bearer {API_KEY}")
+
+
+def test_multipart_then_json_is_refused(hardened):
+    url, _ = hardened
+    body = json.dumps(good()).encode()
+    headers = [AUTH_HEADER, ("Content-Type", "multipart/form-data; boundary=x"), ("Content-Type", "application/json")]
+    answer = raw_http(
+        request_bytes("/generate", [*headers, ("Content-Length", str(len(body)))], body),
+        port=int(url.rsplit(":", 1)[1]),
+    )
+    assert status_of(answer) == 400, answer[:300]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [AUTH_HEADER, ("Authorization", "Bearer wrong")],
+        [("Authorization", "Bearer wrong"), AUTH_HEADER],
+        [AUTH_HEADER, AUTH_HEADER],
+        [AUTH_HEADER, ("Content-Length", "2"), ("Content-Length", "300")],
+        [AUTH_HEADER, ("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")],
+        [AUTH_HEADER, ("Transfer-Encoding", "chunked"), ("Content-Length", "2")],
+    ],
+    ids=["auth-good-first", "auth-good-last", "auth-same", "lengths-differ", "chunked-twice", "chunked-and-length"],
+)
+def test_other_decisive_headers_sent_twice_are_refused(hardened, headers):
+    """A guard and BentoML (or a proxy in front) must never read two different values of a header one decides on.
+    The HTTP parser (h11) refuses some of these itself and folds identical Content-Lengths into one; the guards
+    refuse the rest, naming the header."""
+    url, _ = hardened
+    body = b"2\r\n{}\r\n0\r\n\r\n" if any(k == "Transfer-Encoding" for k, _ in headers) else b"{}"
+    answer = raw_http(
+        request_bytes("/generate", [*headers, ("Content-Type", "application/json")], body),
+        port=int(url.rsplit(":", 1)[1]),
+    )
+    assert status_of(answer) == 400, answer[:300]
+    assert b"Invalid HTTP request" in answer or b'"loc": ["header"' in answer, answer[-300:]
+
+
+def test_the_bearer_scheme_is_case_insensitive(hardened):
+    url, _ = hardened
+    for scheme in ("bearer", "BEARER", "Bearer "):
+        response = post(url, good(prompt=""), headers={"Authorization": f"{scheme} {API_KEY}"})
+        assert response.status_code == 400, (scheme, response.status_code)  # past the key, refused for the prompt
+    assert post(url, good(prompt=""), headers={"Authorization": f"Basic {API_KEY}"}).status_code == 401
+
+
+def test_slow_senders_hold_no_slot_and_get_408(hardened):
+    """Sixteen clients trickling a body byte by byte (limit: 2 requests in flight) neither hold admission slots nor
+    keep their connection past the body's read deadline (3 s here)."""
+    import socket
+
+    url, _ = hardened
+    port = int(url.rsplit(":", 1)[1])
+    ordinary = time.monotonic()
+    assert post(url, good()).status_code == 200
+    ordinary = time.monotonic() - ordinary
+    body = json.dumps(good()).encode()
+    head = request_bytes(
+        "/generate", [AUTH_HEADER, ("Content-Type", "application/json"), ("Content-Length", str(len(body)))], b""
+    )
+    slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(16)]
+    try:
+        for sock in slow:
+            sock.sendall(head + body[:1])
+            sock.settimeout(30)
+        time.sleep(0.5)
+        started = time.monotonic()
+        during = post(url, good(seed=4))
+        assert during.status_code == 200, during.text
+        assert time.monotonic() - started < 5 * ordinary + 5
+        for sock in slow:
+            with contextlib.suppress(OSError):
+                sock.sendall(body[1:2])  # still trickling
+        answers = [sock.recv(4096) for sock in slow]
+    finally:
+        for sock in slow:
+            sock.close()
+    assert all(status_of(answer) == 408 for answer in answers), answers[:2]
+
+
+def model_worker_peak_rss_kib() -> int:
+    """VmHWM (peak resident memory) of the hardened server's model worker."""
+    [server] = SERVERS
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            cmdline = (status.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields["PPid"]) == server.pid and b"picturebook-model" in cmdline:
+            return int(fields["VmHWM"].split()[0])
+    raise AssertionError("no model worker found")
+
+
+def test_pictures_of_extreme_shape_cost_what_an_ordinary_one_costs(hardened):
+    """Before: a 2x16000 character made the model worker's memory rise by 2.9 GB; a 16x4096 previous page took 40 s
+    and 7.7 GB; a 1x4000000 previous page (inside the pixel cap) was a 500."""
+    url, _ = hardened
+    started = time.monotonic()
+    assert post(url, good(seed=11)).status_code == 200
+    ordinary = time.monotonic() - started
+    peak = model_worker_peak_rss_kib()
+    flat = b64(Image.new("RGB", (2, 16000), (200, 120, 40)))
+    assert len(flat) < 400  # the issue's "336 base64 characters"
+    for body in (
+        good(characters=[flat]),
+        good(characters=[b64(picture(20 + i, (2, 16000))) for i in range(4)]),
+        good(prev_frame=b64(picture(30, (16, 4096)))),
+        good(prev_frame=b64(Image.new("L", (1, 4_000_000)))),
+        good(characters=[b64(picture(31, (16000, 2)))]),
+    ):
+        started = time.monotonic()
+        response = post(url, body)
+        assert response.status_code == 200, response.text
+        assert time.monotonic() - started < 3 * ordinary + 4
+    assert model_worker_peak_rss_kib() - peak < 600 * 1024  # KiB
+
+
+def test_base64_as_command_line_tools_write_it(hardened, tmp_path):
+    """`base64 picture.png` (GNU coreutils wraps at 76 columns) sent by curl, and Python's `base64.encodebytes`."""
+    url, _ = hardened
+    picture_file = tmp_path / "picture.png"
+    picture(1).save(picture_file)
+    wrapped = subprocess.run(["base64", str(picture_file)], capture_output=True, text=True, check=True).stdout
+    assert "\n" in wrapped.strip()
+    body_file = tmp_path / "body.json"
+    body_file.write_text(
+        json.dumps(good(prev_frame=wrapped, characters=[base64.encodebytes(png_bytes(picture(2, (96, 96)))).decode()]))
+    )
+    curl = subprocess.run(
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json",
+         "-H", f"Authorization: Bearer {API_KEY}", "--data-binary", f"@{body_file}", f"{url}/generate"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert curl.stdout == "200", curl.stderr
+
+
+def test_bad_input_is_logged_as_one_line_not_a_traceback(hardened):
+    url, log = hardened
+    before = log.stat().st_size
+    for body in (good(prompt="", seed=77), good(prev_frame="@@@ NOT-BASE64 @@@")):
+        assert post(url, body).status_code == 400
+    assert (
+        requests.post(
+            f"{url}/generate", data=b"{nope", headers={**AUTH, "Content-Type": "application/json"}, timeout=30
+        ).status_code
+        == 400
+    )
+    time.sleep(0.5)  # the log is written by another process
+    with log.open("rb") as lines:
+        lines.seek(before)
+        written = lines.read().decode(errors="replace")
+    assert "Traceback" not in written and "[ERROR]" not in written, written[-3000:]
+    assert written.count("bad input") >= 3, written[-3000:]
+
+
+def test_sigterm_stops_the_server_while_clients_hold_half_sent_bodies(tmp_path, bentoml_home):
+    """Before: a client that sent the headers of a POST /generate and then left (or went silent) kept `bentoml
+    serve` from stopping on SIGTERM; Kubernetes would wait out the grace period and kill it. Now the body's read
+    deadline ends such requests with 408 (3 s here) and the server stops."""
+    import socket
+
+    started: list[subprocess.Popen] = []
+    env = {"PICTUREBOOK_BODY_READ_MIN_S": "3"}
+    with bentoml_serve(tmp_path / "serve.log", bentoml_home, free_port(), on_start=started.append, **env) as (url, _):
+        [process] = started
+        head = request_bytes("/generate", [("Content-Type", "application/json"), ("Content-Length", "100")], b"{")
+        gone, silent = (socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) for _ in range(2))
+        with silent:
+            for sock in (gone, silent):
+                sock.sendall(head)
+            time.sleep(0.5)
+            gone.close()
+            time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+
+
+def test_the_api_document_lists_the_answers_the_server_gives(hardened):
+    """Schemathesis found /docs.json promising a string `detail`, no 401/413/415/429/503/504/507, and no nullable
+    fields, while the server answers those."""
+    url, _ = hardened
+    document = requests.get(f"{url}/docs.json", timeout=10).json()
+    generate = document["paths"]["/generate"]["post"]
+    assert {"400", "401", "408", "413", "415", "422", "429", "500", "503", "504", "507"} <= set(generate["responses"])
+    bad_request = generate["responses"]["400"]["content"]["application/json"]["schema"]
+    assert bad_request["properties"]["detail"]["type"] == "array"
+    actual = post(url, good(seed="x")).json()
+    assert isinstance(actual["detail"], list) and set(actual["detail"][0]) >= {"loc", "msg", "type"}
+    fields = generate["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    nullable = {name for name, field in fields.items() if field.get("nullable")}
+    assert nullable == {"prev_frame", "regions", "seed", "width", "height", "steps", "guidance_scale"}
+    assert post(url, good(**dict.fromkeys(nullable))).status_code == 200

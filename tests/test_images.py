@@ -104,3 +104,77 @@ def test_decompression_bomb_is_refused_from_its_header():
 def test_too_many_bytes_are_refused():
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8))
     assert "bytes" in refused(encoded(noise, "PNG"), max_bytes=50_000)
+
+
+def test_base64_with_line_breaks_and_url_safe_alphabet_is_accepted():
+    raw = base64.b64decode(encoded(gradient(), "PNG"))
+    for data in (
+        base64.encodebytes(raw).decode(),  # a newline every 76 characters
+        base64.encodebytes(raw).decode().replace("\n", "\r\n"),
+        " ".join(base64.b64encode(raw).decode()[i : i + 10] for i in range(0, 4000, 10)),
+        base64.urlsafe_b64encode(raw).decode(),
+        base64.urlsafe_b64encode(raw).decode().rstrip("="),
+    ):
+        assert decode_image(data, "prev_frame", **LIMITS).size == (64, 48)
+
+
+def test_anything_else_in_base64_is_still_refused():
+    good = encoded(gradient(), "PNG")
+    for junk in (good[:40] + "." + good[40:], good[:40] + "\x00" + good[40:], good + "=" * 3 + "A", good[:-3] + "é"):
+        assert "base64" in refused(junk)
+
+
+@pytest.mark.parametrize("size", [(2, 16000), (16000, 2), (16, 4096), (1, 4_000_000), (4000, 4000), (5000, 1100)])
+def test_pictures_are_bounded_in_size_and_shape(size):
+    """What reaches the model is at most 1024 on its longest side and at most 4:1, whatever was sent."""
+    image = decode_image(
+        encoded(Image.new("L", size, 128), "PNG"), "characters[0]", **{**LIMITS, "max_pixels": 16_000_000}
+    )
+    width, height = image.size
+    assert max(width, height) <= 1024 and max(width, height) <= 4 * min(width, height), image.size
+    assert max(width, height) == min(1024, max(size))
+    assert image.getpixel((width // 2, height // 2)) == (128, 128, 128)
+
+
+def test_ordinary_pictures_are_untouched():
+    picture = gradient((640, 480))
+    assert np.array_equal(
+        np.asarray(decode_image(encoded(picture, "PNG"), "prev_frame", **LIMITS)), np.asarray(picture)
+    )
+
+
+PEAK_MEMORY_OF_SIXTEEN_DECODES = """
+import base64, io, sys
+from concurrent.futures import ThreadPoolExecutor
+from PIL import Image
+from serving.images import decode_image
+
+def peak_kib():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+
+buffer = io.BytesIO()
+Image.new("RGB", (3999, 4000), (90, 140, 200)).save(buffer, format=sys.argv[1])
+data = base64.b64encode(buffer.getvalue()).decode()
+decode_image(data, "prev_frame", max_bytes=10**7, max_pixels=16_000_000)  # warm: allocator, codecs
+before = peak_kib()
+with ThreadPoolExecutor(16) as pool:
+    list(pool.map(lambda _: decode_image(data, "prev_frame", max_bytes=10**7, max_pixels=16_000_000), range(16)))
+print(len(buffer.getvalue()), peak_kib() - before)
+"""
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_sixteen_small_files_claiming_16_mpx_do_not_take_gigabytes(fmt):
+    """Before: a 600-byte JPEG claiming 3999x4000 decoded whole (48 MB), and sixteen at once took the front from 0.8
+    to 3 GiB. JPEG now decodes at a reduced scale; every format waits for a share of a bounded decoding budget."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = subprocess.run(
+        [sys.executable, "-c", PEAK_MEMORY_OF_SIXTEEN_DECODES, fmt],
+        capture_output=True, text=True, check=True, timeout=120, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    file_bytes, grown_kib = map(int, run.stdout.split())
+    assert file_bytes < 300_000
+    assert grown_kib < 400 * 1024, f"{fmt}: decoding 16 at once grew the peak memory by {grown_kib // 1024} MiB"
