@@ -7,10 +7,8 @@ A table of contents: `PictureBook` (front: HTTP schema, pictures checked, the an
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +19,7 @@ from pipeline.config import ModelSettings
 from serving.batching import bound_batch_wait
 from serving.bento_models import declared_models, model_paths
 from serving.book_gate import BookGate
-from serving.books import BookJobs, BookRequest, BookResult, PdfRequest, draw_book, pdf_of
+from serving.books import BookJobs, BookRequest, BookResult, PdfRequest, pdf_file
 from serving.content_safety import PromptGate
 from serving.drawing import PageDrawer
 from serving.guards import AdmissionLimit, ApiKeyAuth, JsonBodyOnly, RefusePickledBodies
@@ -131,21 +129,11 @@ class PictureBook:
     # /book/submit, /book/status, /book/get (BentoML's task routes) and /book/progress (BookGate).
     @bentoml.task(route="/book", input_spec=BookRequest, output_spec=BookResult)
     async def book(self, ctx: bentoml.Context, **fields: Any) -> BookResult:
-        book = BookRequest(**fields)
-        task_id = getattr(ctx.request.state, "task_id", None) or uuid.uuid4().hex
-        try:
-            result, ctx.response.status_code = await draw_book(
-                book, self.pages, book_jobs.start(task_id, len(book.pages))
-            )
-            return result
-        finally:
-            book_jobs.release()  # the slot BookGate reserved at submit
+        return await book_jobs.run(BookRequest(**fields), self.pages, ctx)
 
     @bentoml.api(route="/book/pdf", input_spec=PdfRequest)
     async def book_pdf(self, ctx: bentoml.Context, **fields: Any) -> Annotated[Path, ContentType("application/pdf")]:
-        pdf = Path(ctx.temp_dir) / "book.pdf"  # BentoML sends the file and removes the folder
-        pdf.write_bytes(await asyncio.to_thread(pdf_of, PdfRequest(**fields), settings.image_limits))
-        return pdf
+        return await pdf_file(PdfRequest(**fields), settings.image_limits, ctx)
 
 
 # Outermost first: draining and hang-ups; refuse unauthenticated callers; bodies that are not small JSON arriving in

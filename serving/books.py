@@ -13,7 +13,9 @@ import asyncio
 import base64
 import io
 import time
+import uuid
 from collections import OrderedDict
+from pathlib import Path
 from typing import Literal
 
 from PIL import Image
@@ -148,6 +150,16 @@ class BookJobs:
     def progress(self, task_id: str) -> BookProgress | None:
         return self._progress.get(task_id)
 
+    async def run(self, book: BookRequest, drawer: PageDrawer, ctx) -> BookResult:
+        """The book task's body: draw it with its progress, set the task's HTTP status, free the slot BookGate
+        reserved at submit."""
+        task_id = getattr(ctx.request.state, "task_id", None) or uuid.uuid4().hex  # BentoML sets it for a task
+        try:
+            result, ctx.response.status_code = await draw_book(book, drawer, self.start(task_id, len(book.pages)))
+            return result
+        finally:
+            self.release()
+
 
 def _picture(png_b64: str) -> Image.Image:
     image = Image.open(io.BytesIO(base64.b64decode(png_b64)), formats=["PNG"])
@@ -227,7 +239,14 @@ class PdfRequest(BaseModel):
     pages: list[PdfPageRequest] = Field(..., min_length=1, max_length=MAX_BOOK_PAGES)
 
 
-def pdf_of(request: PdfRequest, limits: dict[str, int]) -> bytes:
+async def pdf_file(request: PdfRequest, limits: dict, ctx) -> Path:
+    """The PDF written into the request's temporary folder, which BentoML sends and then removes."""
+    path = Path(ctx.temp_dir) / "book.pdf"
+    path.write_bytes(await asyncio.to_thread(pdf_of, request, limits))
+    return path
+
+
+def pdf_of(request: PdfRequest, limits: dict) -> bytes:
     """The PDF of a client's book; a bad picture is a 400 naming `pages[i].img`."""
     pages = []
     for index, page in enumerate(request.pages):
