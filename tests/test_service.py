@@ -111,6 +111,9 @@ def test_first_page_and_no_characters(served):
     assert first.status_code == 200, first.text
     no_prev_field = post(served, {"prompt": "once upon a time", "seed": 1})
     assert no_prev_field.json()["img"] == first.json()["img"]
+    # An empty prev_frame is a first page, as clients written against the original contract send it.
+    empty_prev = post(served, {"prompt": "once upon a time", "prev_frame": "", "seed": 1})
+    assert empty_prev.status_code == 200 and empty_prev.json()["img"] == first.json()["img"]
     alone = post(served, payload(characters=()))
     assert alone.status_code == 200, alone.text
 
