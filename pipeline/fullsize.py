@@ -44,6 +44,14 @@ WEIGHTS_DTYPE = torch.float16
 # embedding_dim=1280 (ViT-H hidden size), output_dim=2048 (the UNet's cross-attention width), ff_mult=4).
 SDXL_PLUS_ADAPTER = PlusAdapterShape(vision_width=1280, width=1280, queries=16, depth=4, kv_std=0.02)
 
+# Tensors written as constants instead of random draws. The safety checker flags a picture when its cosine with a
+# concept embedding exceeds that concept's threshold (`*_weights`). Random thresholds (drawn around 0) would flag every
+# page, as about half of them are negative; above the largest cosine (1) no random concept ever flags, so the random
+# set draws pages while its check still runs the whole ViT-L/14, costing what the real check costs.
+CONSTANT_TENSORS = {
+    "safety_checker": {"concept_embeds_weights": 2.0, "special_care_embeds_weights": 2.0},
+}
+
 
 @dataclass(frozen=True)
 class Component:
@@ -127,6 +135,15 @@ COMPONENTS = (
         "dpt_hybrid-midas-501f0c75.pt: MiDaS v3 DPT-Hybrid, 123 M parameters (MiDaS model table)",
         500_000,
     ),
+    Component(
+        "safety_checker",
+        "safety_checker",
+        "model.safetensors",
+        304_000_000,
+        "CompVis/stable-diffusion-safety-checker (CLIP ViT-L/14 vision tower + projection + 20 concepts): 304.0 M "
+        "parameters, from its 608,018,440-byte float16 model.safetensors (at most 304,009,216 with an empty header; "
+        "~48 KB of header for 396 tensors) and its 1.22 GB float32 pytorch_model.bin",
+    ),
 )
 
 
@@ -165,6 +182,12 @@ def meta_model(name: str):
             from .depth import build_depth_network
 
             return build_depth_network(PROFILES[Profile.sdxl].depth_architecture)
+        if name == "safety_checker":
+            from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+            from transformers import CLIPConfig
+
+            folder = MODEL_REPOS["safety_checker"].folder
+            return StableDiffusionSafetyChecker(CLIPConfig.from_dict(_config(f"{folder}/config.json")))
     raise KeyError(name)
 
 
@@ -271,12 +294,14 @@ def _write_model(name: str, staging: Path, seed: int) -> None:
     model = meta_model(name)
     norms = _norm_parameters(model)
     shapes = {key: tensor.shape for key, tensor in model.state_dict().items()}
-    write_safetensors_streaming(
-        folder / component.weights,
-        shapes,
-        lambda key, shape: random_tensor(seed, key, shape, norms, WEIGHTS_DTYPE),
-        WEIGHTS_DTYPE,
-    )
+    constants = CONSTANT_TENSORS.get(name, {})
+
+    def make(key, shape):
+        if key in constants:
+            return torch.full(shape, constants[key], dtype=WEIGHTS_DTYPE)
+        return random_tensor(seed, key, shape, norms, WEIGHTS_DTYPE)
+
+    write_safetensors_streaming(folder / component.weights, shapes, make, WEIGHTS_DTYPE)
     config = Path(component.weights).parent / "config.json"
     _copy_config(str(Path(MODEL_REPOS[component.repo].folder) / config), staging)
 
@@ -351,9 +376,10 @@ def build_full_size_models(root: Path, seed: int = 0, log=None) -> Path:
         for relative in ("model_index.json", "scheduler/scheduler_config.json"):
             _copy_config(f"{BASE}/{relative}", staging)
         _write_tokenizers(staging)
-        for name in ("text_encoder", "text_encoder_2", "unet", "vae", "controlnet", "image_encoder"):
+        for name in ("text_encoder", "text_encoder_2", "unet", "vae", "controlnet", "image_encoder", "safety_checker"):
             say(f"writing {name}")
             _write_model(name, staging, seed)
+        _copy_config(f"{MODEL_REPOS['safety_checker'].folder}/preprocessor_config.json", staging)
         say("writing the two adapters")
         _write_adapters(staging, seed)
         say("writing the depth network")

@@ -30,6 +30,18 @@ def test_every_component_matches_its_published_parameter_count(table):
     assert table["image_encoder"]["built"] == 632_076_800
 
 
+def test_safety_checker_is_clip_vit_l_and_its_thresholds_never_flag_a_random_set():
+    """The checker's vision tower is CLIP ViT-L/14 at 224 px, and the thresholds written as constants exist by those
+    names: were they renamed, the build would draw them at random and flag every page of the full-size bench."""
+    shapes = fullsize.tensor_shapes("safety_checker")
+    assert shapes["vision_model.embeddings.patch_embedding.weight"] == torch.Size([1024, 3, 14, 14])
+    assert shapes["vision_model.embeddings.position_embedding.weight"] == torch.Size([(224 // 14) ** 2 + 1, 1024])
+    assert shapes["visual_projection.weight"] == torch.Size([768, 1024])
+    assert sum(key.endswith(".self_attn.q_proj.weight") for key in shapes) == 24
+    for key, threshold in fullsize.CONSTANT_TENSORS["safety_checker"].items():
+        assert key in shapes and threshold > 1  # a cosine never exceeds 1
+
+
 def test_adapters_have_the_layout_diffusers_converts(table):
     """The plus adapters' keys: a 4-layer resampler at ViT-H width, K/V for each of SDXL's 70 cross-attentions."""
     shapes = fullsize.tensor_shapes("face_adapter")
