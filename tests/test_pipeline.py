@@ -70,8 +70,11 @@ def test_loaded_pipeline_has_both_adapters_sharing_one_encoder(generator):
     assert generator.pipe.image_encoder is generator.embedder.image_encoder
 
 
-def test_adapter_scales_after_loading_are_face_07_style_04(generator):
-    scales = {tuple(proc.scale) for proc in generator.pipe.unet.attn_processors.values() if hasattr(proc, "to_k_ip")}
+def test_adapter_scales_after_loading_are_face_07_style_04(tiny_dir, tiny_settings):
+    from pipeline import ModelPaths, load_page_generator
+
+    fresh = load_page_generator(ModelPaths.under(tiny_dir), tiny_settings)  # the session's one has drawn pages
+    scales = {tuple(proc.scale) for proc in fresh.pipe.unet.attn_processors.values() if hasattr(proc, "to_k_ip")}
     assert scales == {(0.7, 0.4)}
 
 
