@@ -1,11 +1,19 @@
 """The serving half of Picture Book: everything between HTTP and `pipeline/`, one concern per file. No torch here.
 
-settings.py      serving knobs (PICTUREBOOK_*: port, limits, API key, CORS, batching, timeouts)
-schemas.py       the HTTP request and response, and the page as the front hands it to the model service
-errors.py        error kinds and their HTTP statuses, field-named 400s
-images.py        untrusted base64 pictures in, normalised RGB out; pages out as PNG
-guards.py        ASGI middleware: API key, admission limit, JSON-only bodies, no pickles
-model_client.py  the JSON client to the model service (the one place that uses BentoML's private API)
-drawing.py       the front's work for one page: check, decode, send to the model, answer
-bento_models.py  which weights the bento carries and how they get into the BentoML model store
+settings.py        serving knobs (PICTUREBOOK_*: port, limits, access, batching, timeouts, books, content safety)
+schemas.py         the HTTP request and response, and the page as the front hands it to the model service
+errors.py          error kinds and their HTTP statuses, field-named 400s, the OpenAPI error answers
+images.py          untrusted base64 pictures in, bounded and normalised RGB out; pages out as PNG
+guards.py          ASGI middleware: API key, admission limit, JSON-only bodies in time, no pickles
+lifecycle.py       ASGI middleware: hang-ups, draining on SIGTERM, idle connections, fast /readyz
+batching.py        the bound on how long a lone request waits for batch-mates (BentoML's dispatcher)
+model_client.py    the JSON client to the model service (the one place that uses BentoML's private client API)
+drawing.py         the front's work for one page: check, decode, send to the model, answer
+books.py           whole books: the request, the job, its progress and result, the PDF of any book
+book_gate.py       book submissions checked before a task exists, the running-books limit, /book/progress
+pdf.py             a book as a printable PDF (reportlab)
+prompt_filter.py   word and phrase lists, normalised matching; content_safety.py applies it at the edge
+metrics.py         Picture Book's Prometheus metrics
+studio.py          the studio page's static files, mounted at /studio
+bento_models.py    which weights the bento carries and how they get into the BentoML model store
 """
