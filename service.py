@@ -29,6 +29,7 @@ from serving.model_client import ModelClient
 from serving.schemas import GenerateRequest, GenerateResponse, PageJob, PageOutput
 from serving.settings import serving_settings as settings
 from serving.studio import studio_app
+from serving.threads import torch_thread
 
 log = logging.getLogger("picturebook")
 model_settings = ModelSettings()
@@ -56,7 +57,7 @@ class PageModel:
 
         # BentoML starts serving (and /readyz answers 200) only after __init__ returns: ready means loaded.
         started = time.perf_counter()
-        self.generator = load_page_generator(model_paths(self, model_settings), model_settings)
+        self.generator = torch_thread.run(load_page_generator, model_paths(self, model_settings), model_settings)
         SAFETY_CHECKER_ENABLED.set(1 if model_settings.safety_checker else 0)
         log.info("models loaded in %.1f s", time.perf_counter() - started)
         bound_batch_wait(settings.batch_wait_fraction)
@@ -68,6 +69,7 @@ class PageModel:
         max_batch_size=max(2, settings.max_batch_size),
         max_latency_ms=settings.max_latency_ms,
     )
+    @torch_thread.runs_here  # one OpenMP team in this process (serving/threads.py)
     def draw(self, jobs: list[PageJob]) -> list[PageOutput]:
         results = self.generator.generate([job.page_request() for job in jobs])
         count_picture_checks(results)
