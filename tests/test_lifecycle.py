@@ -216,8 +216,8 @@ def test_sigterm_refuses_new_work_with_503_and_finishes_what_is_in_flight(served
     """The issue: a request arriving after SIGTERM got a dropped connection. Stops the module's server."""
     url, log, process = served
     with ThreadPoolExecutor(1) as pool:
-        in_flight = pool.submit(post, url, page(steps=30))
-        time.sleep(2)  # the page is being drawn
+        in_flight = pool.submit(post, url, page(steps=100))
+        time.sleep(2)  # the page is being drawn (100 tiny steps: several seconds even on a quiet machine)
         process.send_signal(signal.SIGTERM)
         time.sleep(1)  # the signal reaches the workers
         refused = post(url, page(), timeout=10)
