@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from .books import BookJobs, BookRequest
 from .content_safety import PromptGate
 from .errors import field_error, validation_error_body
-from .guards import Receive, Scope, Send, send_json
+from .guards import Receive, Scope, Send, replaying, send_json
 from .images import ImageInputError, decode_image
 
 BOOK, SUBMIT, PROGRESS = "/book", "/book/submit", "/book/progress"
@@ -106,17 +106,8 @@ class BookGate:
                 self.jobs.start(json.loads(message["body"])["task_id"], len(book.pages))
             await send(message)
 
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
         try:
-            await self.app(scope, replay, watch_status)
+            await self.app(scope, replaying(body, receive), watch_status)
         finally:
             if not accepted:  # no task was made: the job that would free the slot never runs
                 self.jobs.release()

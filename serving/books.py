@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image
 from pydantic import BaseModel, Field
 
 from pipeline.page import ErrorKind
 
 from .drawing import Overloaded, PageDrawer
 from .errors import HTTP_STATUS, field_error
-from .images import ImageInputError, decode_image
+from .images import ImageInputError, decode_image, decode_trusted_png
 from .pdf import BookPage as PdfPage
 from .pdf import render_book_pdf
 from .schemas import EXAMPLE_PNG, MAX_PROMPT_CHARS, Cast, GenerateRequest, PageSettings, prompt_field, seed_field
@@ -161,14 +159,8 @@ class BookJobs:
             self.release()
 
 
-def _picture(png_b64: str) -> Image.Image:
-    image = Image.open(io.BytesIO(base64.b64decode(png_b64)), formats=["PNG"])
-    image.load()
-    return image
-
-
 def book_pdf_b64(title: str, pages: list[DrawnPage]) -> str:
-    pdf = render_book_pdf(title, [PdfPage(_picture(page.img), page.text) for page in pages])
+    pdf = render_book_pdf(title, [PdfPage(decode_trusted_png(page.img), page.text) for page in pages])
     return base64.b64encode(pdf).decode("ascii")
 
 

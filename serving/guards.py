@@ -35,6 +35,20 @@ def is_open(scope: Scope) -> bool:
     return path in OPEN_PATHS or path.startswith(("/static_content/", "/studio/")) or path == "/studio"
 
 
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A `receive` for an app after a guard read the whole body: the body once, then the server's own messages."""
+    replayed = False
+
+    async def replay() -> dict:
+        nonlocal replayed
+        if replayed:
+            return await receive()  # after the body: wait for the disconnect, as the server would
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
 class DuplicateHeader(ValueError):
     """A decisive header given twice, or a body framed both by Content-Length and by Transfer-Encoding."""
 
@@ -211,16 +225,7 @@ class JsonBodyOnly:
         body = await self.read_body(receive, send)
         if body is None:
             return
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if replayed:
-                return await receive()  # after the body: wait for the disconnect, as the server would
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(body, receive), send)
 
     async def read_body(self, receive: Receive, send: Send) -> bytes | None:
         """The whole body, or None once the request has been answered (413, 408, 429, or the client has gone).

@@ -36,6 +36,13 @@ def png_b64(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def png_from_b64(data: str) -> Image.Image:
+    """A page as the service answers it (`img`: base64 PNG), decoded; PNG only, so a wrong format fails here."""
+    image = Image.open(io.BytesIO(base64.b64decode(data)), formats=["PNG"])
+    image.load()
+    return image
+
+
 def psnr(a: Image.Image, b: Image.Image) -> float:
     """Peak signal-to-noise ratio in dB between two pages of the same size (inf when identical)."""
     x = np.asarray(a, dtype=np.float64)

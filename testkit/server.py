@@ -111,3 +111,12 @@ def model_service_socket(url: str) -> str:
         if mapping.get("picturebook", "").endswith(f":{port}"):
             return mapping["picturebook-model"].removeprefix("file://")
     raise AssertionError("no front worker found for this server")
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus series on the server's /metrics over the lines with these labels (0 when absent)."""
+    total = 0.0
+    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

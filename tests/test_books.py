@@ -12,10 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import bentoml
 import pytest
 import requests
-from PIL import Image
 from pypdf import PdfReader
 
-from testkit.pictures import picture, png_b64, psnr
+from testkit.pictures import picture, png_b64, png_from_b64, psnr
 from testkit.server import bentoml_serve, free_port
 
 MAX_BOOKS = 2
@@ -67,12 +66,6 @@ def result(url, task_id):
     return requests.get(f"{url}/book/get", params={"task_id": task_id}, timeout=30)
 
 
-def decode(img: str) -> Image.Image:
-    image = Image.open(io.BytesIO(base64.b64decode(img)), formats=["PNG"])
-    image.load()
-    return image
-
-
 @pytest.fixture(scope="module")
 def finished(served):
     """One 4-page book drawn to the end, with every progress answer seen on the way."""
@@ -92,7 +85,7 @@ def test_progress_grows_page_by_page_and_shows_finished_pages(finished):
     mid_run = [p for p in seen if p["status"] == "running" and 0 < p["pages_done"] < 4]
     assert mid_run, f"no progress answer caught the book mid-run: {done}"
     assert all(len(p["pages"]) == p["pages_done"] for p in seen)
-    assert all(decode(page["img"]).size == (256, 256) for page in mid_run[0]["pages"])
+    assert all(png_from_b64(page["img"]).size == (256, 256) for page in mid_run[0]["pages"])
 
 
 def test_the_result_has_every_page_and_its_seed(finished, served):
@@ -119,7 +112,7 @@ def test_page_k_is_what_generate_draws_from_page_k_minus_1(finished, served):
         }
         drawn = requests.post(f"{served}/generate", json=single, timeout=120)
         assert drawn.status_code == 200, drawn.text
-        assert psnr(decode(drawn.json()["img"]), decode(pages[k]["img"])) >= 60, k
+        assert psnr(png_from_b64(drawn.json()["img"]), png_from_b64(pages[k]["img"])) >= 60, k
 
 
 def test_the_pdf_has_a_cover_and_every_page_with_its_text(finished, served):
@@ -134,7 +127,7 @@ def test_the_pdf_has_a_cover_and_every_page_with_its_text(finished, served):
     assert sizes == {(595, 595)}, "every page is the same 210 mm square"
     # Pictures are not re-compressed into blur: the embedded picture is the page itself.
     embedded = reader.pages[1].images[0].image.convert("RGB")
-    assert psnr(embedded, decode(body["pages"][0]["img"])) == float("inf")
+    assert psnr(embedded, png_from_b64(body["pages"][0]["img"])) == float("inf")
 
 
 def test_book_pdf_route_renders_a_clients_own_pages(served):

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from testkit.pictures import picture
+from testkit.pictures import picture, png_from_b64
 from testkit.server import bentoml_serve, free_port, model_service_socket
 
 API_KEY = "test-key-0123456789"
@@ -115,7 +115,7 @@ def test_the_next_good_request_succeeds_after_every_bad_one(hardened):
         post(url, body)
     response = post(url, good())
     assert response.status_code == 200
-    assert Image.open(io.BytesIO(base64.b64decode(response.json()["img"]))).size == (256, 256)
+    assert png_from_b64(response.json()["img"]).size == (256, 256)
 
 
 def test_data_url_prefix_is_accepted(hardened):
@@ -202,7 +202,7 @@ def test_overload_gets_quick_429_with_retry_after_and_accepted_pages_are_valid(h
     assert statuses.count(200) >= 1 and statuses.count(429) + statuses.count(503) >= 1, statuses
     for response in responses:
         if response.status_code == 200:
-            Image.open(io.BytesIO(base64.b64decode(response.json()["img"]))).load()
+            png_from_b64(response.json()["img"])
         else:
             assert int(response.headers["Retry-After"]) > 0
     assert post(url, good()).status_code == 200
@@ -281,7 +281,7 @@ def test_sigterm_lets_in_flight_pages_finish(tmp_path, bentoml_home):
             process.send_signal(signal.SIGTERM)
             response = in_flight.result()
         assert response.status_code == 200, response.text
-        Image.open(io.BytesIO(base64.b64decode(response.json()["img"]))).load()
+        png_from_b64(response.json()["img"])
         assert process.wait(60) == 0
 
 

@@ -7,8 +7,6 @@ headers (open past 60 s and 150 s before; the bound is 15 s, with a 3 s header t
 
 from __future__ import annotations
 
-import base64
-import io
 import select
 import signal
 import socket
@@ -21,12 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 import requests
-from PIL import Image
 
 from pipeline import PageRequest
 from pipeline.generator import HUNG_UP
 from serving.batching import check_private_api
-from testkit.pictures import picture, png_b64
+from testkit.pictures import picture, png_b64, png_from_b64
 from testkit.server import bentoml_serve, free_port
 
 HEADER_TIMEOUT_S = 3
@@ -226,7 +223,7 @@ def test_sigterm_refuses_new_work_with_503_and_finishes_what_is_in_flight(served
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "7", refused.text
     assert ready.status_code == 503
     assert drawn.status_code == 200, drawn.text
-    Image.open(io.BytesIO(base64.b64decode(drawn.json()["img"]))).load()
+    png_from_b64(drawn.json()["img"])
     assert process.wait(60) == 0
     assert "SIGTERM: draining 1 request(s) in flight" in log.read_text(errors="replace")
 

@@ -18,7 +18,7 @@ from pipeline.generator import redraw_seed
 from pipeline.safety import flagged_fixture
 from pipeline.sources import MODEL_REPOS
 from testkit.pictures import picture, png_b64
-from testkit.server import REPO, bentoml_serve, free_port, server_env
+from testkit.server import REPO, bentoml_serve, free_port, metric, server_env
 
 FLAG_MARKER = "FLAGGED-BY-TEST"
 FLAG_SEED = 777
@@ -34,16 +34,6 @@ def served(tmp_path_factory, bentoml_home):
 
 def post(url, body):
     return requests.post(f"{url}/generate", json=body, timeout=120)
-
-
-def metric(url, name, **labels) -> float:
-    """The sum of a Prometheus series on /metrics (0 when absent)."""
-    total = 0.0
-    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{key}="{value}"' in line for key, value in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def pages_drawn(url) -> float:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import subprocess
 import sys
 import tarfile
@@ -17,8 +15,8 @@ import yaml
 from conftest import bentoml_cli
 from PIL import Image
 
-from testkit.pictures import picture, png_b64, psnr
-from testkit.server import bentoml_serve, free_port, model_service_socket, port_is_free
+from testkit.pictures import picture, png_b64, png_from_b64, psnr
+from testkit.server import bentoml_serve, free_port, metric, model_service_socket, port_is_free
 
 # The Python client from the seed README (../shared/seed/000_333b071f23a24d57.txt), verbatim.
 SEED_CLIENT = textwrap.dedent(
@@ -64,12 +62,6 @@ def payload(seed=7, prev=1, characters=(2, 3), prompt="a fox and a bear have a p
     }
 
 
-def decode_page(b64: str) -> Image.Image:
-    image = Image.open(io.BytesIO(base64.b64decode(b64)), formats=["PNG"])
-    image.load()
-    return image
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, bentoml_home):
     log = tmp_path_factory.mktemp("logs") / "serve.log"
@@ -103,7 +95,7 @@ def test_contract_with_bentoml_client(served):
         result = client.generate(**payload())
     assert set(result) >= {"img", "seed"}
     assert result["seed"] == 7
-    assert decode_page(result["img"]).size == (256, 256)
+    assert png_from_b64(result["img"]).size == (256, 256)
 
 
 def test_first_page_and_no_characters(served):
@@ -136,14 +128,9 @@ def test_seed_is_drawn_and_reported_when_absent(served):
 
 
 def batch_histogram(url) -> tuple[float, float]:
-    text = requests.get(f"{url}/metrics", timeout=10).text
-    total = count = 0.0
-    for line in text.splitlines():
-        if line.startswith("bentoml_service_adaptive_batch_size_sum{") and 'method_name="draw"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-        if line.startswith("bentoml_service_adaptive_batch_size_count{") and 'method_name="draw"' in line:
-            count += float(line.rsplit(" ", 1)[1])
-    return total, count
+    """Pages drawn and diffusion calls made so far by the model service's `draw` (its adaptive-batch histogram)."""
+    name = "bentoml_service_adaptive_batch_size"
+    return metric(url, f"{name}_sum", method_name="draw"), metric(url, f"{name}_count", method_name="draw")
 
 
 def test_concurrent_requests_are_merged_into_batches(served):
@@ -164,8 +151,8 @@ def test_concurrent_requests_are_merged_into_batches(served):
     assert max(r.json()["batch_size"] for r in responses) >= 3
     # A batched page is the page its request gets alone. Batch-mates differ in every input, and one input changed
     # moves a tiny page below 25 dB; solo-vs-batched jitter is ~84 dB (tests/test_pipeline.py has the figures).
-    alone = decode_page(post(served, bodies[3]).json()["img"])
-    together = decode_page(responses[3].json()["img"])
+    alone = png_from_b64(post(served, bodies[3]).json()["img"])
+    together = png_from_b64(responses[3].json()["img"])
     assert psnr(alone, together) >= 60
 
 
@@ -224,11 +211,11 @@ def test_regions_place_each_character(served):
     swapped = post(served, dict(payload(characters=(3, 2)), regions=[left, right]))
     swapped_with_boxes = post(served, dict(payload(characters=(3, 2)), regions=[right, left]))
     assert [r.status_code for r in (page, swapped, swapped_with_boxes)] == [200] * 3
-    page, swapped, swapped_with_boxes = (decode_page(r.json()["img"]) for r in (page, swapped, swapped_with_boxes))
+    page, swapped, swapped_with_boxes = (png_from_b64(r.json()["img"]) for r in (page, swapped, swapped_with_boxes))
     assert psnr(page, swapped) < 25
     assert psnr(page, swapped_with_boxes) >= 60
     # The seed's request (no regions) is the left-to-right default.
-    default = decode_page(post(served, payload(characters=(2, 3))).json()["img"])
+    default = png_from_b64(post(served, payload(characters=(2, 3))).json()["img"])
     assert psnr(page, default) >= 60
 
 
