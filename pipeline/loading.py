@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ModelSettings
+from .host_memory import keep_freed_memory, release_freed_memory
 from .sources import (
     ADAPTER_SUBFOLDER,
     FACE_ADAPTER_WEIGHTS,
@@ -45,6 +46,7 @@ def load_page_generator(paths: ModelPaths, settings: ModelSettings):
 
     spec = PROFILES[settings.profile]
     device, dtype = settings.resolved_device, settings.torch_dtype
+    keep_freed_memory()  # before the first tensor: every process that draws pages allocates the same way
     log.info("loading %s models on %s as %s", settings.profile.value, device, dtype)
     # use_safetensors=True: diffusers refuses pickled .bin weights instead of falling back to them.
     controlnet = ControlNetModel.from_pretrained(paths.controlnet, torch_dtype=dtype, use_safetensors=True)
@@ -79,6 +81,7 @@ def load_page_generator(paths: ModelPaths, settings: ModelSettings):
         checker = None
         log.warning("the picture safety checker is OFF (PICTUREBOOK_SAFETY_CHECKER=false): pages are not checked")
     generator = PageGenerator(pipe, depth, settings, spec, checker=checker)
+    release_freed_memory()  # what loading needed and freed; from here on, pages keep their own working set
     if settings.compile if settings.warmup is None else settings.warmup:
         warm_up(generator)
     return generator

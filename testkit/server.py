@@ -13,6 +13,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,8 +98,8 @@ def stop(process: subprocess.Popen, grace_s: float = 30) -> int:
     return process.returncode
 
 
-def model_service_socket(url: str) -> str:
-    """The model service's address, as BentoML hands it to the front worker (a Unix socket)."""
+def _front_worker(url: str) -> tuple[int, dict]:
+    """(pid, environment) of the front worker serving this URL: BentoML hands it the model's address."""
     port = url.rsplit(":", 1)[1]
     for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
@@ -109,8 +110,26 @@ def model_service_socket(url: str) -> str:
             continue
         mapping = json.loads(variables.get("BENTOML_RUNNER_MAP", "{}"))
         if mapping.get("picturebook", "").endswith(f":{port}"):
-            return mapping["picturebook-model"].removeprefix("file://")
+            return int(environ.parent.name), mapping
     raise AssertionError("no front worker found for this server")
+
+
+def model_service_socket(url: str) -> str:
+    """The model service's address, as BentoML hands it to the front worker (a Unix socket)."""
+    return _front_worker(url)[1]["picturebook-model"].removeprefix("file://")
+
+
+def model_worker(url: str) -> psutil.Process:
+    """The model worker of this server: the front worker's sibling under the same `bentoml serve`."""
+    for sibling in psutil.Process(_front_worker(url)[0]).parent().children():
+        if "picturebook-model" in " ".join(sibling.cmdline()):
+            return sibling
+    raise AssertionError("no model worker found for this server")
+
+
+def minor_page_faults(process: psutil.Process) -> int:
+    """Minor page faults of a process so far, all its threads (proc(5): /proc/<pid>/stat, field 10)."""
+    return int(Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
 def metric(url: str, name: str, **labels: str) -> float:

@@ -16,7 +16,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import psutil
 import pytest
 import requests
 
@@ -24,7 +23,7 @@ from pipeline import PageRequest
 from pipeline.generator import HUNG_UP
 from serving.batching import check_private_api
 from testkit.pictures import picture, png_b64, png_from_b64
-from testkit.server import bentoml_serve, free_port
+from testkit.server import bentoml_serve, free_port, model_worker
 
 HEADER_TIMEOUT_S = 3
 MAX_CONNECTIONS = 40
@@ -103,7 +102,7 @@ def test_a_client_that_hangs_up_stops_its_page(served):
     """The issue: a client gone 3 s into a heavy page left the model drawing it to the end (40 s)."""
     url, log, _ = served
     with pytest.raises(requests.Timeout):
-        post(url, page(steps=100), timeout=3)  # far longer than 3 s on this CPU
+        post(url, page(steps=100, width=512, height=512), timeout=3)  # ~20 s on this CPU: far longer than 3 s
     wait_for_log(log, "the client hung up; request cancelled")
     wait_for_log(log, f"{HUNG_UP}; stopped after step")
     assert post(url, page()).status_code == 200
@@ -188,17 +187,10 @@ def test_past_max_connections_new_ones_are_closed_at_once(served):
         sock.close()
 
 
-def model_worker(process: subprocess.Popen) -> psutil.Process:
-    for child in psutil.Process(process.pid).children(recursive=True):
-        if "picturebook-model" in " ".join(child.cmdline()):
-            return child
-    raise AssertionError("no model worker found")
-
-
 def test_readyz_answers_503_quickly_while_the_model_worker_restarts(served):
     """The issue: during a model-worker restart /readyz timed out (the probe gives up after 5 s)."""
-    url, _, process = served
-    model_worker(process).kill()
+    url, _, _ = served
+    model_worker(url).kill()
     answers = []
     deadline = time.monotonic() + 90
     while not answers or answers[-1] != 200:
