@@ -52,15 +52,14 @@ def _glibc() -> ctypes.CDLL | None:
     return ctypes.CDLL(ctypes.util.find_library("c"))
 
 
-def keep_freed_memory() -> bool:
-    """Set glibc's malloc thresholds for this process (idempotent). False where it is not glibc or one is refused."""
+def keep_freed_memory() -> None:
+    """Set glibc's malloc thresholds for this process (idempotent); a warning names any parameter glibc refuses."""
     libc = _glibc()
     if libc is None:
-        return False
+        return
     refused = [parameter for parameter, value in MALLOPT_SETTINGS.items() if libc.mallopt(parameter, value) != 1]
     if refused:
         log.warning("glibc refused mallopt parameters %s: pages may fault their memory in again every time", refused)
-    return not refused
 
 
 def release_freed_memory() -> None:
