@@ -5,7 +5,8 @@ from pathlib import Path
 
 from serving.settings import environment_knobs
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
 CI = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
 LOCUSTFILE = (Path(__file__).resolve().parent.parent / "locustfile.py").read_text()
 
@@ -19,11 +20,16 @@ def test_every_setting_is_documented_in_the_readme():
     assert documented - knobs - load_test_knobs == set(), "the README documents knobs that do not exist"
 
 
-def test_ci_runs_the_readme_test_command():
-    test_section = README.split("## Test", 1)[1]
-    command = re.search(r"```bash\n(.+?)\n```", test_section, re.S).group(1).strip()
-    assert command in CI.splitlines()
-    assert "pip install -r requirements.txt" in CI
+def first_command(section: str) -> str:
+    return re.search(r"```bash\n(.+?)\n```", README.split(f"## {section}\n", 1)[1], re.S).group(1).strip()
+
+
+def test_ci_runs_exactly_the_readme_set_up_and_test_commands():
+    ci_lines = CI.splitlines()
+    set_up, test = first_command("Set up"), first_command("Test")
+    assert set_up in ci_lines and test in ci_lines
+    assert ci_lines.index(set_up) < ci_lines.index(test)
+    assert "pip install -r requirements.txt" in (ROOT / set_up.split()[0]).read_text()
 
 
 def test_pinned_versions_meet_the_security_minimums():
