@@ -29,7 +29,7 @@ def test_ci_runs_exactly_the_readme_set_up_and_test_commands():
     set_up, test = first_command("Set up"), first_command("Test")
     assert set_up in ci_lines and test in ci_lines
     assert ci_lines.index(set_up) < ci_lines.index(test)
-    assert "pip install -r requirements.txt" in (ROOT / set_up.split()[0]).read_text()
+    assert "pip install -q -r requirements.txt" in (ROOT / set_up.split()[0]).read_text()
 
 
 def test_pinned_versions_meet_the_security_minimums():
