@@ -83,10 +83,9 @@ def require_every_png_row(raw: bytes, field: str) -> None:
     complete but short as if it were whole, the missing rows black: a few hundred bytes claiming 1x16000000 were
     drawn as a black page. Counts the bytes the IDAT stream inflates to (1 MiB at a time, never held) against what
     the header's size, bit depth, colour type and interlacing need."""
-    try:
-        width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", raw[16:29])
-    except struct.error:
-        raise ImageInputError(field, "image could not be decoded (no PNG header)") from None
+    if raw[12:16] != b"IHDR" or len(raw) < 29:  # the spec's first chunk, which the sizes below are read from
+        raise ImageInputError(field, "image could not be decoded (no PNG header)")
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", raw[16:29])
     bits = depth * PNG_CHANNELS.get(colour, 4)
     needed = 0
     for x0, y0, dx, dy in ADAM7 if interlace else ((0, 0, 1, 1),):

@@ -214,3 +214,14 @@ def test_a_jpeg_cut_after_a_few_rows_is_refused():
     tall = Image.fromarray(np.random.default_rng(1).integers(0, 255, (60_000, 16), dtype=np.uint8))
     raw = base64.b64decode(encoded(tall, "JPEG"))
     assert "truncated" in refused(base64.b64encode(raw[:3000]).decode(), "characters[0]", max_pixels=16_000_000)
+
+
+def test_a_png_whose_first_chunk_is_not_its_header_is_refused():
+    """The sizes the row count needs are read from IHDR, which the PNG spec puts first (libpng refuses others)."""
+    import struct
+    import zlib
+
+    raw = png_file(np.full((4, 4), 9, np.uint8), 0, 8)
+    text = b"tEXt" + b"a\x00b"
+    odd = raw[:8] + struct.pack(">I", 3) + text + struct.pack(">I", zlib.crc32(text)) + raw[8:]
+    assert "no PNG header" in refused(as_b64(odd))
