@@ -24,6 +24,7 @@ from serving.content_safety import PromptGate
 from serving.drawing import PageDrawer
 from serving.guards import AdmissionLimit, ApiKeyAuth, JsonBodyOnly, RefusePickledBodies
 from serving.lifecycle import Lifecycle
+from serving.listening import warn_if_open_to_the_network
 from serving.metrics import SAFETY_CHECKER_ENABLED, count_picture_checks
 from serving.model_client import ModelClient
 from serving.schemas import GenerateRequest, GenerateResponse, PageJob, PageOutput
@@ -119,6 +120,10 @@ class PictureBook:
     @bentoml.on_startup
     async def connect_to_model(self) -> None:
         await self.client.open()
+
+    @bentoml.on_startup
+    def warn_if_open(self) -> None:
+        warn_if_open_to_the_network(api_key)
 
     @bentoml.on_shutdown
     async def disconnect_from_model(self) -> None:

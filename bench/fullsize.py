@@ -7,6 +7,9 @@
    and the ControlNet changing the page.
 3. Writes OUT/bench.json and removes the models unless `--keep`.
 
+`--profile tiny` runs the same two children on the tiny set (`pipeline.tiny`) in seconds: tests/test_fullsize.py
+runs it so that this code path cannot break unseen; its figures mean nothing.
+
 On CPU the models run in bfloat16: float32 would need twice the memory (~25 GB, more than the machine has) and
 float16 is slow and partly unsupported on CPU, while bfloat16 has float32's range, so random weights stay finite.
 """
@@ -56,15 +59,21 @@ def run(args) -> dict:
         root = Path(args.model_dir)
     else:
         scratch = Path(tempfile.mkdtemp(prefix="picturebook-fullsize-", dir=args.scratch))
-        root = scratch / "sdxl-random"
+        root = scratch / f"{args.profile}-random"
     try:
-        result = {"machine": machine, "dtype_on_cpu": CPU_DTYPE, "parameters": parameter_table()}
+        result = {
+            "machine": machine,
+            "profile": args.profile,
+            "dtype_on_cpu": CPU_DTYPE,
+            "parameters": parameter_table(),
+        }
         from pipeline.tiny import COMPLETE_MARKER
 
         reused = (root / COMPLETE_MARKER).exists()
         progress(f"{'reusing' if reused else 'building'} the full-size set in {root}")
         build_started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pipeline.fullsize", str(root)], check=True)
+        builder = "pipeline.fullsize" if args.profile == "sdxl" else "pipeline.tiny"
+        subprocess.run([sys.executable, "-m", builder, str(root)], check=True)
         result["build"] = {
             "seconds": time.perf_counter() - build_started,
             "peak_rss_mb": _children_peak_rss_mb(),
@@ -84,6 +93,7 @@ def run(args) -> dict:
                 str(root),
                 str(report),
                 "--large" if args.large else "--no-large",
+                args.profile,
             ],
             check=True,
         )
@@ -154,17 +164,17 @@ def _draw(generator, clock, size: int, steps: int):
     return result, clock.latents, clock.step_seconds(), wall
 
 
-def child(root: Path, report: Path, large: bool) -> None:
+def child(root: Path, report: Path, large: bool, profile: str = "sdxl") -> None:
     import numpy as np
     import psutil
     import torch
 
     from bench.inprocess import quiet_libraries
-    from pipeline import ModelPaths, Profile, Settings, load_page_generator
+    from pipeline import ModelPaths, ModelSettings, Profile, load_page_generator
 
     quiet_libraries()
     rss = {"before_load_mb": psutil.Process().memory_info().rss / 2**20}
-    settings = Settings(profile=Profile.sdxl, model_dir=root, device="cpu", dtype=CPU_DTYPE)
+    settings = ModelSettings(profile=Profile(profile), model_dir=root, device="cpu", dtype=CPU_DTYPE)
     started = time.perf_counter()
     generator = load_page_generator(ModelPaths.under(root), settings)
     load_s = time.perf_counter() - started
@@ -246,6 +256,7 @@ def child(root: Path, report: Path, large: bool) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "--child":
-        child(Path(sys.argv[2]), Path(sys.argv[3]), large=len(sys.argv) < 5 or sys.argv[4] == "--large")
+        large = len(sys.argv) < 5 or sys.argv[4] == "--large"
+        child(Path(sys.argv[2]), Path(sys.argv[3]), large, *sys.argv[5:6])
     else:
         raise SystemExit("run it as `python -m bench --full-size`")

@@ -123,8 +123,7 @@ def run(args) -> dict:
             result["levers"][lever] = {"not_run": "out of this invocation's time; run again with --part for it"}
             continue
         report = out / f"gpu-{lever}.json"
-        command = [sys.executable, "-m", "bench.gpu", "--child", lever, str(root), str(report),
-                   ",".join(map(str, batches)), str(args.steps), str(args.size)]  # fmt: skip
+        command = child_command(lever, root, report, batches, args.steps, args.size)
         progress(f"{lever}: batches {batches}, {left:.0f} s left")
         try:
             subprocess.run(command, check=True, timeout=left)
@@ -144,6 +143,12 @@ def run(args) -> dict:
     return result
 
 
+def child_command(lever: str, root: Path, report: Path, batches: tuple[int, ...], steps: int, size: int) -> list[str]:
+    """How `run` starts one lever's child (tests/test_fullsize.py starts it the same way)."""
+    return [sys.executable, "-m", "bench.gpu", "--child", lever, str(root), str(report),
+            ",".join(map(str, batches)), str(steps), str(size)]  # fmt: skip
+
+
 def child(lever: str, root: Path, report: Path, batches: tuple[int, ...], steps: int, size: int) -> None:
     """One lever in this process: load as the service does, then per batch one untimed warm-up and one timed call."""
     import torch
@@ -151,13 +156,15 @@ def child(lever: str, root: Path, report: Path, batches: tuple[int, ...], steps:
     from bench.fullsize import CHARACTERS, StepClock
     from bench.inprocess import quiet_libraries
     from bench.workload import character_picture, page_picture
-    from pipeline import ModelPaths, PageRequest, Profile, Settings, load_page_generator
+    from pipeline import ModelPaths, ModelSettings, PageRequest, Profile, load_page_generator
 
     quiet_libraries()
-    settings = Settings(
+    settings = ModelSettings(
         profile=Profile.sdxl, model_dir=root, device="cuda", dtype="float16", attention="sdpa", warmup=False,
         **LEVERS[lever],
     )  # fmt: skip
+    if not torch.cuda.is_available():  # after the imports and the settings: everything but the GPU is checked
+        raise SystemExit(f"bench.gpu child {lever}: CUDA is not available on this machine; nothing was measured")
     started = time.perf_counter()
     generator = load_page_generator(ModelPaths.under(root), settings)
     torch.cuda.synchronize()

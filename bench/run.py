@@ -67,6 +67,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     real_size.add_argument("--keep", action="store_true", help="keep the temporary full-size set")
     real_size.add_argument("--no-large", dest="large", action="store_false", help="--full-size: skip the 1024² step")
+    real_size.add_argument(
+        "--profile",
+        choices=["sdxl", "tiny"],
+        default="sdxl",
+        help="--full-size: the model set built (or found in --model-dir); `tiny` runs the same steps on the tiny set "
+        "in seconds, a check of this code path (tests/test_fullsize.py), not a benchmark",
+    )
     from bench.gpu import add_arguments as add_gpu_arguments
 
     add_gpu_arguments(real_size)

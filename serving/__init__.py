@@ -14,6 +14,7 @@ book_gate.py       book submissions checked before a task exists, the running-bo
 pdf.py             a book as a printable PDF (reportlab)
 prompt_filter.py   word and phrase lists, normalised matching; content_safety.py applies it at the edge
 metrics.py         Picture Book's Prometheus metrics
+listening.py       where the front listens; a warning at start when that is every interface with no API key
 studio.py          the studio page's static files, mounted at /studio
 bento_models.py    which weights the bento carries and how they get into the BentoML model store
 """

@@ -7,8 +7,10 @@ import binascii
 import io
 import math
 import re
+import struct
 import threading
 import warnings
+import zlib
 from contextlib import contextmanager
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -49,6 +51,8 @@ def decode_image(
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageInputError(field, f"image has {width}x{height} pixels, more than {max_pixels} allowed")
+            if image.format == "PNG":
+                require_every_png_row(raw, field)
             image.seek(0)  # first frame of an animation
             # JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers the bounded size (other formats: no-op).
             scale = max_side / max(width, height)
@@ -67,6 +71,39 @@ def decode_image(
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageInputError(field, f"image could not be decoded ({error})") from None
     return image
+
+
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type: grey, RGB, palette, grey+alpha, RGBA
+# Adam7's seven passes: first column and row, then the step between columns and between rows.
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def require_every_png_row(raw: bytes, field: str) -> None:
+    """Refuse a PNG whose pixel data ends before its last row. Pillow (13) decodes one whose compressed stream is
+    complete but short as if it were whole, the missing rows black: a few hundred bytes claiming 1x16000000 were
+    drawn as a black page. Counts the bytes the IDAT stream inflates to (1 MiB at a time, never held) against what
+    the header's size, bit depth, colour type and interlacing need."""
+    if raw[12:16] != b"IHDR" or len(raw) < 29:  # the spec's first chunk, which the sizes below are read from
+        raise ImageInputError(field, "image could not be decoded (no PNG header)")
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", raw[16:29])
+    bits = depth * PNG_CHANNELS.get(colour, 4)
+    needed = 0
+    for x0, y0, dx, dy in ADAM7 if interlace else ((0, 0, 1, 1),):
+        columns, rows = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if columns > 0 and rows > 0:
+            needed += rows * (1 + (columns * bits + 7) // 8)  # each row: a filter byte, then its pixels
+    inflate, got, at = zlib.decompressobj(), 0, 8
+    while got < needed and at + 8 <= len(raw):
+        length, kind = struct.unpack(">I4s", raw[at : at + 8])
+        data, at = raw[at + 8 : at + 8 + length], at + 12 + length
+        while kind == b"IDAT" and data and got < needed:
+            try:
+                got += len(inflate.decompress(data, 2**20))
+            except zlib.error:
+                raise ImageInputError(field, "image could not be decoded (corrupt PNG data)") from None
+            data = inflate.unconsumed_tail
+    if got < needed:
+        raise ImageInputError(field, "image could not be decoded (its data ends before the last row: truncated)")
 
 
 def base64_bytes(data: str, field: str, max_bytes: int) -> bytes:

@@ -10,9 +10,12 @@ REFUSALS = bentoml.metrics.Counter(
     documentation="Content refused by the safety layers, by kind",
     labelnames=["kind"],
 )
+# Every process that imports this module has the gauge (at 0), and only the model worker sets it: one value, the
+# largest over the live processes, or /metrics shows one line per process and the front's 0 fires `== 0` alerts.
 SAFETY_CHECKER_ENABLED = bentoml.metrics.Gauge(
     name="picturebook_safety_checker_enabled",
     documentation="1 when every drawn page passes the picture safety checker, 0 when it was turned off",
+    multiprocess_mode="livemax",
 )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -49,3 +51,24 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     y = np.asarray(b, dtype=np.float64)
     mse = float(((x - y) ** 2).mean())
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def png_file(pixels: np.ndarray, colour: int, depth: int, interlace=False, claimed_height=None, drop_rows=0) -> bytes:
+    """A PNG written by hand (Pillow writes no interlaced ones): unfiltered rows in one complete zlib stream, then
+    IEND. A header claiming more rows than `pixels` has, or `drop_rows` rows left out: short but well-formed."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = pixels.shape[:2]
+    dtype = ">u2" if depth == 16 else np.uint8
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+    rows = [
+        b"\x00" + np.ascontiguousarray(row, dtype=dtype).tobytes()
+        for x0, y0, dx, dy in (passes if interlace else ((0, 0, 1, 1),))
+        for row in pixels[y0::dy, x0::dx]
+        if row.size
+    ]
+    ihdr = struct.pack(">IIBBBBB", width, claimed_height or height, depth, colour, 0, 0, int(interlace))
+    stream = zlib.compress(b"".join(rows[: len(rows) - drop_rows]))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", stream) + chunk(b"IEND", b"")

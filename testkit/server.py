@@ -53,12 +53,14 @@ def bentoml_serve(
     bentoml_home: Path,
     port: int | None,
     on_start: Callable[[subprocess.Popen], None] | None = None,
+    host: str = "127.0.0.1",
     **env: str,
 ):
     """Yield (base_url, seconds from start to ready). `port=None` serves on the service's default port;
-    `on_start` sees the process as soon as it exists (the benchmark samples its memory from there)."""
+    `on_start` sees the process as soon as it exists (the benchmark samples its memory from there); `host` is what
+    it binds (the URL is loopback's either way)."""
     environment = server_env(bentoml_home, **env)
-    command = [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "bentoml", "serve", "--host", host]
     if port is not None:
         command += ["--port", str(port)]
     base_url = f"http://127.0.0.1:{port or int(environment.get('PICTUREBOOK_PORT', 8000))}"

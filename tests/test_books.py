@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import re
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import bentoml
 import pytest
@@ -239,3 +242,38 @@ def test_concurrent_submissions_never_exceed_the_limit(served):
     for answer in answers:
         if answer.status_code == 200:
             wait_for(served, answer.json()["task_id"])
+
+
+# --- the README's shell example, run as written (issue 22: it wrote a 3-byte "book.pdf" when the book was not done)
+
+
+def readme_book_commands(base_url: str) -> str:
+    """The README's curl example for books, pointed at this server instead of localhost:8000."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Whole books", 1)[1]
+    script = re.search(r"```bash\n(.+?)\n```", section, re.S).group(1)
+    assert "localhost:8000/book/submit" in script and "book.pdf" in script
+    return script.replace("localhost:8000", base_url.removeprefix("http://"))
+
+
+def run_readme_book_commands(served, tmp_path, script):
+    png_from_b64(png_b64(picture(2, (96, 96)))).save(tmp_path / "fox.png")
+    return subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def test_the_readme_book_commands_write_the_book_pdf(served, tmp_path):
+    run = run_readme_book_commands(served, tmp_path, readme_book_commands(served))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.strip().endswith("completed"), run.stdout
+    reader = PdfReader(tmp_path / "book.pdf")
+    assert len(reader.pages) == 1 + 2 and "The Fox and the Kite" in reader.pages[0].extract_text()
+
+
+def test_the_readme_book_commands_fail_loudly_and_write_no_pdf_when_the_book_fails(served, tmp_path):
+    script = readme_book_commands(served)
+    assert '"prompt": "a fox and a bear fly a kite"' in script
+    script = script.replace('"prompt": "a fox and a bear fly a kite"', '"prompt": "a GIGANTIC kite"')  # out of memory
+    run = run_readme_book_commands(served, tmp_path, script)
+    assert run.returncode == 22, run.stdout + run.stderr  # curl -f: the HTTP error answer
+    assert run.stdout.strip().endswith("failed") and "returned error: 507" in run.stderr, run.stdout + run.stderr
+    assert not (tmp_path / "book.pdf").exists()

@@ -1,7 +1,7 @@
 """The full-size random set's architecture (meta device: no weights allocated) and the GPU benchmark's CPU-side logic.
 
 The full-size build and run themselves are a benchmark (`python -m bench --full-size`), not a test: ~12 GB of
-weights and ~20 minutes.
+weights and ~20 minutes. Its code path runs here on the tiny set, and the GPU benchmark's child up to its CUDA check.
 """
 
 import json
@@ -13,6 +13,7 @@ import torch
 from bench.run import main as bench_main
 from pipeline import fullsize
 from pipeline.sources import MODEL_REPOS
+from testkit.server import REPO
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +136,59 @@ def test_bench_children_refuse_to_run_alone():
     for module in ("bench.gpu", "bench.fullsize"):
         run = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, timeout=120)
         assert run.returncode != 0 and "python -m bench" in run.stderr
+
+
+# --- the real-size benchmarks' children, run as `python -m bench` runs them ---
+# Their code only runs in a benchmark, so an import or settings break there went unseen (issue 22): run them here.
+
+
+def test_full_size_bench_runs_end_to_end_on_the_tiny_set(tiny_dir, tmp_path):
+    """`python -m bench --full-size` as a user runs it, its build step and its child process as they are, on the
+    tiny set (`--profile tiny`): every step of the real-size run, in seconds."""
+    import subprocess
+
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--full-size", "--profile", "tiny", "--model-dir", str(tiny_dir),
+         "--no-large", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    report = json.loads((out / "bench.json").read_text())
+    assert report["profile"] == "tiny" and report["build"]["reused"]
+    assert report["run"]["checks"] and all(report["run"]["checks"].values()), report["run"]["checks"]
+    assert report["run"]["check_pages"]["full"]["size"] == [256, 256]
+    assert tiny_dir.exists(), "a set given with --model-dir is kept"
+
+
+def test_gpu_bench_child_gets_to_its_cuda_check(tiny_dir, tmp_path):
+    """The child of `python -m bench --gpu`, started with the command `run` uses: on a machine without CUDA it
+    must import everything and build its settings, then stop with a clear message, not an ImportError."""
+    import subprocess
+
+    from bench import gpu
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the child would measure (python -m bench --gpu does that)")
+    report = tmp_path / "gpu-fp16_sdpa.json"
+    for lever in ("compile", "cpu_offload"):  # every lever's settings but one, and the other kind
+        command = gpu.child_command(lever, tiny_dir, report, (1, 2), 2, 64)
+        run = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert run.returncode == 1, run.stderr[-4000:]
+        assert "Traceback" not in run.stderr, run.stderr[-4000:]
+        assert f"bench.gpu child {lever}: CUDA is not available" in run.stderr
+        assert not report.exists()
+
+
+def test_gpu_bench_command_skips_cleanly_without_cuda(tmp_path):
+    """`python -m bench --gpu` itself, as a process: argument parsing, imports, the skip record, exit 0."""
+    import subprocess
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the skip path is not taken")
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--gpu", "--out", str(tmp_path), "--part", "all"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "CUDA" in json.loads((tmp_path / "gpu.json").read_text())["skipped"]

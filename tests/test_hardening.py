@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from testkit.pictures import picture, png_from_b64
+from testkit.pictures import picture, png_file, png_from_b64
 from testkit.server import bentoml_serve, free_port, model_service_socket, model_worker
 
 API_KEY = "test-key-0123456789"
@@ -107,6 +107,31 @@ def test_bad_input_is_a_4xx_naming_the_field(hardened, what, body, status, field
     assert error["error"]
     assert any(detail["loc"][0] == field for detail in error["detail"]), error
     assert requests.get(f"{url}/readyz", timeout=5).status_code == 200
+
+
+# A well-formed PNG whose header claims 1x4000000 (this server's pixel limit) and whose data stops after 5 rows, and
+# a JPEG 16 pixels wide cut after a few of its 60000 rows: both were drawn as pictures, black below the data.
+SHORT_PNG = base64.b64encode(png_file(np.full((5, 1), 128, np.uint8), 0, 8, claimed_height=4_000_000)).decode()
+TALL_NOISE = Image.fromarray(np.random.default_rng(1).integers(0, 255, (60_000, 16), np.uint8))
+SHORT_JPEG = b64(TALL_NOISE, "JPEG")[:4000]  # 3000 bytes
+
+
+@pytest.mark.parametrize(
+    "change, loc",
+    [
+        ({"prev_frame": SHORT_PNG}, ["prev_frame"]),
+        ({"characters": [SHORT_PNG]}, ["characters", 0]),
+        ({"characters": [b64(picture(2, (32, 32))), SHORT_JPEG]}, ["characters", 1]),
+        ({"prev_frame": SHORT_JPEG}, ["prev_frame"]),
+    ],
+    ids=["png-prev_frame", "png-characters[0]", "jpeg-characters[1]", "jpeg-prev_frame"],
+)
+def test_a_picture_whose_data_stops_early_is_400_naming_it(hardened, change, loc):
+    url, _ = hardened
+    response = post(url, good(**change))
+    assert response.status_code == 400, response.text
+    [detail] = response.json()["detail"]
+    assert detail["loc"] == loc and "truncated" in detail["msg"], detail
 
 
 def test_the_next_good_request_succeeds_after_every_bad_one(hardened):

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from serving.images import ImageInputError, decode_image
+from testkit.pictures import png_file
 
 LIMITS = {"max_bytes": 1_000_000, "max_pixels": 4_000_000}
 
@@ -178,3 +179,49 @@ def test_sixteen_small_files_claiming_16_mpx_do_not_take_gigabytes(fmt):
     file_bytes, grown_kib = map(int, run.stdout.split())
     assert file_bytes < 300_000
     assert grown_kib < 400 * 1024, f"{fmt}: decoding 16 at once grew the peak memory by {grown_kib // 1024} MiB"
+
+
+# --- pictures whose data stops early (issue 22: a PNG claiming 1x16000000 with a few rows was drawn as black) ---
+
+
+def as_b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def test_a_png_claiming_16_mpx_whose_data_stops_after_a_few_rows_is_refused():
+    short = png_file(np.full((5, 1), 128, np.uint8), colour=0, depth=8, claimed_height=16_000_000)
+    assert len(short) < 100
+    message = refused(as_b64(short), "characters[0]", max_pixels=16_000_000)
+    assert "truncated" in message
+
+
+@pytest.mark.parametrize(
+    "colour, depth, channels", [(0, 8, 1), (2, 8, 3), (6, 8, 4), (4, 8, 2), (2, 16, 3), (0, 16, 1)]
+)
+@pytest.mark.parametrize("interlace", [False, True], ids=["plain", "adam7"])
+def test_a_png_is_refused_when_one_row_is_missing_and_decoded_when_whole(colour, depth, channels, interlace):
+    """The row count is exact for every colour type, bit depth and interlacing: a whole picture decodes as it was,
+    the same picture without its last row of data is refused."""
+    pixels = np.random.default_rng(colour + depth).integers(0, 2**depth - 1, (29, 37, channels), dtype=np.uint16)
+    image = decode_image(as_b64(png_file(pixels, colour, depth, interlace)), "prev_frame", **LIMITS)
+    assert image.size == (37, 29)
+    if (colour, depth) == (2, 8):
+        assert np.array_equal(np.asarray(image), pixels.astype(np.uint8))
+    assert "truncated" in refused(as_b64(png_file(pixels, colour, depth, interlace, drop_rows=1)))
+
+
+def test_a_jpeg_cut_after_a_few_rows_is_refused():
+    tall = Image.fromarray(np.random.default_rng(1).integers(0, 255, (60_000, 16), dtype=np.uint8))
+    raw = base64.b64decode(encoded(tall, "JPEG"))
+    assert "truncated" in refused(base64.b64encode(raw[:3000]).decode(), "characters[0]", max_pixels=16_000_000)
+
+
+def test_a_png_whose_first_chunk_is_not_its_header_is_refused():
+    """The sizes the row count needs are read from IHDR, which the PNG spec puts first (libpng refuses others)."""
+    import struct
+    import zlib
+
+    raw = png_file(np.full((4, 4), 9, np.uint8), 0, 8)
+    text = b"tEXt" + b"a\x00b"
+    odd = raw[:8] + struct.pack(">I", 3) + text + struct.pack(">I", zlib.crc32(text)) + raw[8:]
+    assert "no PNG header" in refused(as_b64(odd))

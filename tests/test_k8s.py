@@ -384,3 +384,26 @@ def test_disruption_budget_covers_the_pods_and_lets_nodes_drain(rendered):
     floor = rendered.one("HorizontalPodAutoscaler")["spec"]["minReplicas"]
     allowed = pdb["maxUnavailable"] if "maxUnavailable" in pdb else floor - pdb["minAvailable"]
     assert isinstance(allowed, int) and allowed >= 1
+
+
+def test_the_kubectl_only_way_to_set_the_image_renders_it(tmp_path):
+    """deploy/README.md's commands for a machine without the `kustomize` binary, run as written on a copy of the
+    base (kubectl only, offline; the `kubectl apply` line needs a cluster and is left out)."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.+?)\n```", readme, re.S)
+    [script] = [block for block in blocks if "kubectl kustomize deploy/prod" in block]
+    assert "kustomize edit" not in script
+    *commands, apply = script.splitlines()
+    assert apply == "kubectl apply -k deploy/prod"
+    shutil.copytree(OVERLAYS["base"], tmp_path / "deploy" / "k8s")
+    run = subprocess.run(["bash", "-c", "\n".join(commands)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["image:", "registry.example.com/picturebook:1.0"]
+    prod = Rendered("prod", kustomize(tmp_path / "deploy" / "prod"))
+    assert prod.container["image"] == "registry.example.com/picturebook:1.0"
+    # Only the image changed: the base's objects, by kind and name (the ConfigMap's hash included).
+    base = Rendered("base", kustomize(OVERLAYS["base"]))
+    names = lambda rendered: sorted((o["kind"], o["metadata"]["name"]) for o in rendered.objects)  # noqa: E731
+    assert names(prod) == names(base)
