@@ -16,35 +16,30 @@ from urllib.parse import parse_qs
 
 from pydantic import ValidationError
 
-from .books import BookJobs, BookRequest
+from .books import BookJobs, BookRequest, book_pictures
 from .content_safety import PromptGate
-from .errors import field_error, validation_error_body
+from .drawing import PagePictures
+from .errors import validation_error_body
 from .guards import Receive, Scope, Send, replaying, send_json
-from .images import ImageInputError, decode_image
+from .settings import ServingSettings
 
 BOOK, SUBMIT, PROGRESS = "/book", "/book/submit", "/book/progress"
 
 
-def check_book(body: bytes, limits: dict[str, int]) -> BookRequest:
-    """The parsed book, or a ValidationError naming the field (its pictures decoded and checked, then dropped)."""
+def check_book(body: bytes, limits: dict[str, int]) -> tuple[BookRequest, PagePictures]:
+    """The parsed book and its pictures decoded, checked and normalised (kept for its pages), or a ValidationError
+    naming the field."""
     book = BookRequest.model_validate_json(body)
-    try:
-        if book.first_frame:
-            decode_image(book.first_frame, "first_frame", **limits)
-        for index, character in enumerate(book.characters):
-            decode_image(character, f"characters[{index}]", **limits)
-    except ImageInputError as error:
-        raise field_error(error, "BookRequest") from None
-    return book
+    return book, book_pictures(book, limits)
 
 
 class BookGate:
-    def __init__(self, app, jobs: BookJobs, prompts: PromptGate, image_limits: dict[str, int], retry_after_s: int):
+    def __init__(self, app, jobs: BookJobs, prompts: PromptGate, settings: ServingSettings):
         self.app = app
         self.jobs = jobs
         self.prompts = prompts
-        self.image_limits = image_limits
-        self.retry_after = str(retry_after_s).encode()
+        self.image_limits = settings.image_limits
+        self.retry_after = str(settings.retry_after_s).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == PROGRESS and scope["method"] == "GET":
@@ -78,7 +73,7 @@ class BookGate:
                 break
         body = b"".join(chunks)
         try:
-            book = await asyncio.to_thread(check_book, body, self.image_limits)
+            book, pictures = await asyncio.to_thread(check_book, body, self.image_limits)
         except ValidationError as error:
             await send_json(send, 400, validation_error_body(error))
             return
@@ -103,7 +98,7 @@ class BookGate:
                 accepted = message["status"] == 200
             elif message["type"] == "http.response.body" and accepted:
                 # Progress exists from the task id's first answer on, before the job itself starts.
-                self.jobs.start(json.loads(message["body"])["task_id"], len(book.pages))
+                self.jobs.start(json.loads(message["body"])["task_id"], len(book.pages), pictures)
             await send(message)
 
         try:
