@@ -25,12 +25,13 @@ from serving.drawing import PageDrawer
 from serving.guards import AdmissionLimit, ApiKeyAuth, JsonBodyOnly, RefusePickledBodies
 from serving.lifecycle import Lifecycle
 from serving.listening import warn_if_open_to_the_network
-from serving.metrics import SAFETY_CHECKER_ENABLED, count_picture_checks
+from serving.metrics import SAFETY_CHECKER_ENABLED
 from serving.model_client import ModelClient
-from serving.schemas import GenerateRequest, GenerateResponse, PageJob, PageOutput
+from serving.schemas import GenerateRequest, GenerateResponse, validated_by_bentoml
 from serving.settings import serving_settings as settings
 from serving.studio import studio_app
 from serving.threads import torch_thread
+from serving.wire import PageAnswer, PageJob, draw_jobs
 
 log = logging.getLogger("picturebook")
 model_settings = ModelSettings()
@@ -44,9 +45,8 @@ prompt_gate = PromptGate(settings)  # the prompt filter, for /generate and for b
     resources={"gpu": 1, "memory": "16Gi"},
     # Longer than the front's timeout: a batch stops itself at its requests' deadlines, between denoising steps.
     traffic={"timeout": settings.request_timeout_s + 30},
-    # BentoML's client to this service replaces its HTTP session every `max_requests` calls or `max_age` seconds
-    # (defaults 100 and 300 s) and closing the old one cuts the calls still in flight on it (500 "Server
-    # disconnected"). The model is a Unix socket in the same pod, with nothing to re-resolve: keep one session.
+    # BentoML's client replaces its HTTP session every `max_requests` calls or `max_age` s (100, 300), cutting calls
+    # in flight on the old one (500 "Server disconnected"). A Unix socket in the pod has nothing to re-resolve.
     runner_connection={"max_requests": 2**62, "max_age": 1e12},
     workers=1,
 )
@@ -71,10 +71,8 @@ class PageModel:
         max_latency_ms=settings.max_latency_ms,
     )
     @torch_thread.runs_here  # one OpenMP team in this process (serving/threads.py)
-    def draw(self, jobs: list[PageJob]) -> list[PageOutput]:
-        results = self.generator.generate([job.page_request() for job in jobs])
-        count_picture_checks(results)
-        return [PageOutput.from_result(result) for result in results]
+    def draw(self, jobs: list[PageJob]) -> list[PageAnswer]:
+        return draw_jobs(self.generator, jobs)
 
     @bentoml.api
     async def abandon(self, job_ids: list[str]) -> None:
@@ -131,16 +129,16 @@ class PictureBook:
 
     @bentoml.api(route="/generate", input_spec=GenerateRequest, output_spec=GenerateResponse)
     async def generate(self, **fields: Any) -> GenerateResponse:
-        return await self.pages.generate(GenerateRequest(**fields))
+        return await self.pages.generate(validated_by_bentoml(GenerateRequest, fields))
 
     # /book/submit, /book/status, /book/get (BentoML's task routes) and /book/progress (BookGate).
     @bentoml.task(route="/book", input_spec=BookRequest, output_spec=BookResult)
     async def book(self, ctx: bentoml.Context, **fields: Any) -> BookResult:
-        return await book_jobs.run(BookRequest(**fields), self.pages, ctx)
+        return await book_jobs.run(validated_by_bentoml(BookRequest, fields), self.pages, ctx)
 
     @bentoml.api(route="/book/pdf", input_spec=PdfRequest)
     async def book_pdf(self, ctx: bentoml.Context, **fields: Any) -> Annotated[Path, ContentType("application/pdf")]:
-        return await pdf_file(PdfRequest(**fields), settings.image_limits, ctx)
+        return await pdf_file(validated_by_bentoml(PdfRequest, fields), settings.image_limits, ctx)
 
 
 # Outermost first: draining and hang-ups; refuse unauthenticated callers; bodies that are not small JSON arriving in
@@ -150,10 +148,4 @@ if api_key is not None:
     PictureBook.add_asgi_middleware(ApiKeyAuth, api_key=api_key)
 PictureBook.add_asgi_middleware(JsonBodyOnly, **settings.body_limits)
 PictureBook.add_asgi_middleware(AdmissionLimit, limit=settings.max_concurrency, retry_after_s=settings.retry_after_s)
-PictureBook.add_asgi_middleware(
-    BookGate,
-    jobs=book_jobs,
-    prompts=prompt_gate,
-    image_limits=settings.image_limits,
-    retry_after_s=settings.retry_after_s,
-)
+PictureBook.add_asgi_middleware(BookGate, jobs=book_jobs, prompts=prompt_gate, settings=settings)

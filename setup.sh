@@ -14,6 +14,7 @@ command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing+=(chromium
 fc-list 2>/dev/null | grep -qi "wenquanyi zen hei" || missing+=(fonts-wqy-zenhei)
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v jq >/dev/null || missing+=(jq)  # the README's book example, run by tests/test_books.py
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then

@@ -15,7 +15,7 @@ from PIL import Image
 from .config import ModelSettings
 from .embeddings import ImageEmbedder
 from .faults import FaultSettings
-from .page import MAX_SEED, ErrorKind, PageRequest, check_request, default_regions
+from .page import MAX_SEED, ErrorKind, PageRequest, ResolvedPage, check_request, default_regions
 from .safety import PictureChecker
 from .sources import ProfileSpec
 
@@ -104,7 +104,7 @@ class PageGenerator:
         every page in it is abandoned or past its deadline. Thread-safe; unknown ids are kept a while, then dropped."""
         self.abandoned.add(job_ids)
 
-    def wanted(self, request: PageRequest, now: float) -> bool:
+    def wanted(self, request: ResolvedPage, now: float) -> bool:
         """Someone still waits for this page."""
         return request.job_id not in self.abandoned and (request.deadline is None or now <= request.deadline)
 
@@ -112,16 +112,21 @@ class PageGenerator:
     def device(self) -> torch.device:
         return self.pipe.unet.device
 
-    def with_defaults(self, request: PageRequest) -> PageRequest:
+    def resolve(self, request: PageRequest) -> ResolvedPage:
         """The request with every optional setting filled in (a seed drawn if absent), checked against the profile."""
-        resolved = replace(
-            request,
+        resolved = ResolvedPage(
+            prompt=request.prompt,
+            prev_frame=request.prev_frame,
+            characters=request.characters,
             seed=secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed,
+            negative_prompt=request.negative_prompt,
             width=self.spec.width if request.width is None else request.width,
             height=self.spec.height if request.height is None else request.height,
             steps=self.spec.steps if request.steps is None else request.steps,
             guidance_scale=self.spec.guidance_scale if request.guidance_scale is None else request.guidance_scale,
             regions=default_regions(len(request.characters)) if request.regions is None else request.regions,
+            deadline=request.deadline,
+            job_id=request.job_id,
         )
         check_request(resolved, self.spec)
         return resolved
@@ -134,13 +139,13 @@ class PageGenerator:
         whose client has already hung up is not drawn (a timeout too: nobody reads that answer).
         """
         results: list[PageResult | None] = [None] * len(requests)
-        resolved: dict[int, PageRequest] = {}
+        resolved: dict[int, ResolvedPage] = {}
         for index, request in enumerate(requests):
             if request.job_id in self.abandoned:
                 results[index] = PageResult(None, request.seed or 0, 0, error=PageError(ErrorKind.timeout, HUNG_UP))
                 continue
             try:
-                resolved[index] = self.with_defaults(request)
+                resolved[index] = self.resolve(request)
             except ValueError as error:
                 results[index] = PageResult(None, request.seed or 0, 0, error=PageError(ErrorKind.invalid, str(error)))
         try:
@@ -167,7 +172,7 @@ class PageGenerator:
             results[index] = result
         return results  # type: ignore[return-value]
 
-    def _draw_in_groups(self, requests: dict[int, PageRequest]) -> dict[int, PageResult]:
+    def _draw_in_groups(self, requests: dict[int, ResolvedPage]) -> dict[int, PageResult]:
         groups: dict[tuple, list[int]] = {}
         for index, request in requests.items():
             groups.setdefault(request.group_key(), []).append(index)
@@ -176,7 +181,7 @@ class PageGenerator:
             drawn.update(zip(indices, self._generate_isolated([requests[i] for i in indices])))
         return drawn
 
-    def _generate_isolated(self, requests: list[PageRequest]) -> list[PageResult]:
+    def _generate_isolated(self, requests: list[ResolvedPage]) -> list[PageResult]:
         try:
             return self.generate_group(requests)
         except torch.OutOfMemoryError:
@@ -201,7 +206,7 @@ class PageGenerator:
             torch.cuda.empty_cache()
 
     @torch.inference_mode()
-    def generate_group(self, requests: list[PageRequest]) -> list[PageResult]:
+    def generate_group(self, requests: list[ResolvedPage]) -> list[PageResult]:
         """One diffusion call for requests that share a group key (all fields resolved)."""
         first = requests[0]
         width, height = first.width, first.height
@@ -277,7 +282,7 @@ class PageGenerator:
             for image, request, flagged in zip(output.images, requests, flags)
         ]
 
-    def _flags(self, pictures: list[Image.Image], requests: list[PageRequest]) -> list[bool]:
+    def _flags(self, pictures: list[Image.Image], requests: list[ResolvedPage]) -> list[bool]:
         checked = self.checker.flagged(pictures) if self.checker is not None else [False] * len(pictures)
         return [flag or self.faults.flags(r.prompt, r.seed) for flag, r in zip(checked, requests)]
 
@@ -288,7 +293,7 @@ class PageGenerator:
         negatives = negative.expand(stacked.shape[1], *negative.shape[1:]).unsqueeze(0).expand_as(stacked)
         return torch.cat([negatives, stacked]).to(self.pipe.unet.dtype)
 
-    def _face_embeddings(self, requests: list[PageRequest], n_characters: int) -> torch.Tensor:
+    def _face_embeddings(self, requests: list[ResolvedPage], n_characters: int) -> torch.Tensor:
         negative = self.embedder.negative()
         if n_characters == 0:
             # Face adapter off (scale 0); it still needs an input of the right shape.
@@ -301,7 +306,7 @@ class PageGenerator:
             rows.append(torch.cat([encoded, padding]))
         return self._with_negatives(rows)
 
-    def _region_masks(self, requests: list[PageRequest], n_characters: int, width: int, height: int) -> torch.Tensor:
+    def _region_masks(self, requests: list[ResolvedPage], n_characters: int, width: int, height: int) -> torch.Tensor:
         """(rows, characters, H, W) box masks at the latent grid (the page's aspect ratio, so diffusers neither pads
         nor cuts them), one row per UNet batch row: negatives first under classifier-free guidance, as the
         embeddings are. Made once per call on the UNet's device and dtype, not per attention layer."""
@@ -317,7 +322,7 @@ class PageGenerator:
             masks = torch.cat([masks, masks])
         return masks.to(device=self.pipe.unet.device, dtype=self.pipe.unet.dtype)
 
-    def _style_embeddings(self, requests: list[PageRequest], continuation: bool) -> torch.Tensor:
+    def _style_embeddings(self, requests: list[ResolvedPage], continuation: bool) -> torch.Tensor:
         if not continuation:
             return self._with_negatives([self.embedder.negative()] * len(requests))
         encoded = self.embedder.encode([request.prev_frame for request in requests])
@@ -333,7 +338,7 @@ def redraw_seed(seed: int, attempt: int) -> int:
     return int.from_bytes(digest[:4], "big") % (MAX_SEED + 1)
 
 
-def _failed(requests: list[PageRequest], kind: ErrorKind, message: str) -> list[PageResult]:
+def _failed(requests: list[ResolvedPage], kind: ErrorKind, message: str) -> list[PageResult]:
     return [
         PageResult(image=None, seed=r.seed, batch_size=len(requests), error=PageError(kind, message)) for r in requests
     ]

@@ -1,6 +1,6 @@
 """What a valid page is: its fields, their bounds, and how a page can fail. No torch here.
 
-The HTTP schema (serving/schemas.py) takes its bounds from these constants and the pipeline checks resolved requests
+The HTTP schema (serving/schemas.py) takes its bounds from these constants and the pipeline checks resolved pages
 with `check_request`, so the two can never disagree.
 """
 
@@ -56,6 +56,8 @@ class ErrorKind(StrEnum):
 
 @dataclass(frozen=True)
 class PageRequest:
+    """A page as asked: every setting optional (the profile's default when None, a seed drawn when None)."""
+
     prompt: str
     prev_frame: Image.Image | None = None
     characters: tuple[Image.Image, ...] = ()
@@ -69,6 +71,25 @@ class PageRequest:
     deadline: float | None = None  # wall-clock time (time.time()) after which nobody waits for this page
     job_id: str | None = None  # names the page to PageGenerator.abandon when its client hangs up
 
+
+@dataclass(frozen=True)
+class ResolvedPage:
+    """A page as it is drawn: a PageRequest with every default filled in and checked (`PageGenerator.resolve`).
+    Its own type, so that code that draws cannot be handed a page whose settings are still open."""
+
+    prompt: str
+    prev_frame: Image.Image | None
+    characters: tuple[Image.Image, ...]
+    seed: int
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    regions: tuple[Box, ...]
+    deadline: float | None
+    job_id: str | None
+
     def group_key(self) -> tuple:
         """Requests with the same key run in one diffusion call (the pipeline takes these per call, not per item).
 
@@ -78,7 +99,7 @@ class PageRequest:
         return (self.width, self.height, self.steps, self.guidance_scale, self.prev_frame is not None)
 
 
-def check_request(request: PageRequest, spec: ProfileSpec) -> None:
+def check_request(request: ResolvedPage, spec: ProfileSpec) -> None:
     """Raise ValueError naming the field when a resolved request cannot be drawn."""
     for name in ("width", "height"):
         value = getattr(request, name)

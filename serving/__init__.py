@@ -1,9 +1,10 @@
 """The serving half of Picture Book: everything between HTTP and `pipeline/`, one concern per file. No torch here.
 
 settings.py        serving knobs (PICTUREBOOK_*: port, limits, access, batching, timeouts, books, content safety)
-schemas.py         the HTTP request and response, and the page as the front hands it to the model service
+schemas.py         the HTTP request and response (the public contract)
+wire.py            the one contract between the two services: a page's job and its answer
 errors.py          error kinds and their HTTP statuses, field-named 400s, the OpenAPI error answers
-images.py          untrusted base64 pictures in, bounded and normalised RGB out; pages out as PNG
+images.py          untrusted base64 pictures in, bounded and normalised RGB (or PNG) out; pages out as PNG
 guards.py          ASGI middleware: API key, admission limit, JSON-only bodies in time, no pickles
 lifecycle.py       ASGI middleware: hang-ups, draining on SIGTERM, idle connections, fast /readyz
 batching.py        the bound on how long a lone request waits for batch-mates (BentoML's dispatcher)

@@ -12,39 +12,48 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from urllib.parse import parse_qs
 
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from .books import BookJobs, BookRequest
+from .books import BookJobs, BookRequest, book_pictures
 from .content_safety import PromptGate
-from .errors import field_error, validation_error_body
+from .drawing import PagePictures
+from .errors import validation_error_body
 from .guards import Receive, Scope, Send, replaying, send_json
-from .images import ImageInputError, decode_image
+from .settings import ServingSettings
 
 BOOK, SUBMIT, PROGRESS = "/book", "/book/submit", "/book/progress"
 
 
-def check_book(body: bytes, limits: dict[str, int]) -> BookRequest:
-    """The parsed book, or a ValidationError naming the field (its pictures decoded and checked, then dropped)."""
+class ProgressQuery(BaseModel):
+    """`GET /book/progress?task_id=…&since=k`: `since` (from 0) sends the pictures of pages k and later only."""
+
+    since: int = Field(0, ge=0, description="The first page whose picture to send; 0 (all) when absent.")
+
+    @field_validator("since", mode="before")
+    @classmethod
+    def _whole_number(cls, since):
+        if isinstance(since, str) and not re.fullmatch(r"-?[0-9]+", since):  # "1.0" or "1e3" is no page number
+            raise ValueError("must be a whole number: the index of a page")
+        return since
+
+
+def check_book(body: bytes, limits: dict[str, int]) -> tuple[BookRequest, PagePictures]:
+    """The parsed book and its pictures decoded, checked and normalised (kept for its pages), or a ValidationError
+    naming the field."""
     book = BookRequest.model_validate_json(body)
-    try:
-        if book.first_frame:
-            decode_image(book.first_frame, "first_frame", **limits)
-        for index, character in enumerate(book.characters):
-            decode_image(character, f"characters[{index}]", **limits)
-    except ImageInputError as error:
-        raise field_error(error, "BookRequest") from None
-    return book
+    return book, book_pictures(book, limits)
 
 
 class BookGate:
-    def __init__(self, app, jobs: BookJobs, prompts: PromptGate, image_limits: dict[str, int], retry_after_s: int):
+    def __init__(self, app, jobs: BookJobs, prompts: PromptGate, settings: ServingSettings):
         self.app = app
         self.jobs = jobs
         self.prompts = prompts
-        self.image_limits = image_limits
-        self.retry_after = str(retry_after_s).encode()
+        self.image_limits = settings.image_limits
+        self.retry_after = str(settings.retry_after_s).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == PROGRESS and scope["method"] == "GET":
@@ -59,13 +68,21 @@ class BookGate:
             await self.app(scope, receive, send)
 
     async def _progress(self, scope: Scope, send: Send) -> None:
-        task_id = parse_qs(scope.get("query_string", b"").decode()).get("task_id", [""])[0]
+        query = parse_qs(scope.get("query_string", b"").decode(), keep_blank_values=True)  # "since=" is no number
+        try:
+            since = ProgressQuery.model_validate({"since": query.get("since", ["0"])[0]}).since
+        except ValidationError as error:
+            await send_json(send, 400, validation_error_body(error))
+            return
+        task_id = query.get("task_id", [""])[0]
         progress = self.jobs.progress(task_id) if task_id else None
         if progress is None:
             error = "task_id is required" if not task_id else "no book with this task_id in this replica"
             await send_json(send, 400 if not task_id else 404, {"error": error})
             return
-        await send_json(send, 200, json.loads(progress.model_dump_json()))
+        # Serialised once, straight to the body; the pictures of the pages before `since` are left out.
+        skipped = {"pages": set(range(min(since, len(progress.pages))))} if since else None
+        await send_json(send, 200, progress.model_dump_json(exclude=skipped).encode())
 
     async def _submit(self, scope: Scope, receive: Receive, send: Send) -> None:
         chunks = []
@@ -78,7 +95,7 @@ class BookGate:
                 break
         body = b"".join(chunks)
         try:
-            book = await asyncio.to_thread(check_book, body, self.image_limits)
+            book, pictures = await asyncio.to_thread(check_book, body, self.image_limits)
         except ValidationError as error:
             await send_json(send, 400, validation_error_body(error))
             return
@@ -103,7 +120,7 @@ class BookGate:
                 accepted = message["status"] == 200
             elif message["type"] == "http.response.body" and accepted:
                 # Progress exists from the task id's first answer on, before the job itself starts.
-                self.jobs.start(json.loads(message["body"])["task_id"], len(book.pages))
+                self.jobs.start(json.loads(message["body"])["task_id"], len(book.pages), pictures)
             await send(message)
 
         try:

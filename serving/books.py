@@ -21,12 +21,12 @@ from pydantic import BaseModel, Field
 
 from pipeline.page import ErrorKind
 
-from .drawing import Overloaded, PageDrawer
+from .drawing import Overloaded, PageDrawer, PagePictures, checked_pictures
 from .errors import HTTP_STATUS, field_error
-from .images import ImageInputError, decode_image, decode_trusted_png
+from .images import ImageInputError, decode_image, decode_trusted_png, own_page_as_prev_frame
 from .pdf import BookPage as PdfPage
 from .pdf import render_book_pdf
-from .schemas import EXAMPLE_PNG, MAX_PROMPT_CHARS, Cast, GenerateRequest, PageSettings, prompt_field, seed_field
+from .schemas import EXAMPLE_PNG, MAX_PROMPT_CHARS, Cast, PageSettings, prompt_field, seed_field
 from .settings import serving_settings
 
 MAX_BOOK_PAGES = serving_settings.max_book_pages
@@ -69,18 +69,6 @@ class BookRequest(PageSettings, Cast):
             fields += [(f"pages[{index}].text", page.text), (f"pages[{index}].prompt", page.prompt)]
         return fields
 
-    def page_request(self, index: int, prev_frame: str | None) -> GenerateRequest:
-        """Page `index` as the /generate request that draws it."""
-        page = self.pages[index]
-        return GenerateRequest(
-            prev_frame=prev_frame,
-            characters=self.characters,
-            regions=self.regions,
-            prompt=page.drawing_prompt,
-            seed=page.seed,
-            **self.page_settings(),
-        )
-
 
 class DrawnPage(BaseModel):
     index: int = Field(..., description="Position in the book, from 0.")
@@ -118,14 +106,22 @@ class BookProgress(BaseModel):
     failure: PageFailure | None = None
 
 
+def book_pictures(book: BookRequest, limits: dict) -> PagePictures:
+    """The book's `first_frame` and characters decoded, checked and normalised once, for all its pages (a 400
+    naming the field when one is bad): `prev_frame` of this is the first page's."""
+    return checked_pictures(book.first_frame, book.characters, limits, prev_field="first_frame", schema="BookRequest")
+
+
 class BookJobs:
-    """Book jobs of this process: how many may draw at once, and each one's progress (the last `keep` kept)."""
+    """Book jobs of this process: how many may draw at once, each one's progress (the last `keep` kept), and the
+    pictures checked at submit, held until the job takes them."""
 
     def __init__(self, max_running: int, keep: int = 256):
         self.max_running = max_running
         self.keep = keep
         self.running = 0
         self._progress: OrderedDict[str, BookProgress] = OrderedDict()
+        self._pictures: OrderedDict[str, PagePictures] = OrderedDict()
 
     def reserve(self) -> bool:
         """Take a slot for a book about to be submitted; False when `max_running` books already hold one."""
@@ -137,8 +133,13 @@ class BookJobs:
     def release(self) -> None:
         self.running = max(0, self.running - 1)
 
-    def start(self, task_id: str, pages_total: int) -> BookProgress:
-        """The progress of a book from its submission on (pages_done 0); the same object when already started."""
+    def start(self, task_id: str, pages_total: int, pictures: PagePictures | None = None) -> BookProgress:
+        """The progress of a book from its submission on (pages_done 0); the same object when already started.
+        `pictures` (checked at submit) wait here for the job, which runs after BentoML has answered the submit."""
+        if pictures is not None:
+            self._pictures[task_id] = pictures
+            while len(self._pictures) > self.keep:
+                self._pictures.popitem(last=False)
         if task_id not in self._progress:
             self._progress[task_id] = BookProgress(task_id=task_id, pages_total=pages_total)
             while len(self._progress) > self.keep:
@@ -153,7 +154,11 @@ class BookJobs:
         reserved at submit."""
         task_id = getattr(ctx.request.state, "task_id", None) or uuid.uuid4().hex  # BentoML sets it for a task
         try:
-            result, ctx.response.status_code = await draw_book(book, drawer, self.start(task_id, len(book.pages)))
+            progress = self.start(task_id, len(book.pages))
+            pictures = self._pictures.pop(task_id, None)
+            if pictures is None:  # not submitted through BookGate: checked here instead, still once for the book
+                pictures = await asyncio.to_thread(book_pictures, book, drawer.settings.image_limits)
+            result, ctx.response.status_code = await draw_book(book, pictures, drawer, progress)
             return result
         finally:
             self.release()
@@ -164,29 +169,33 @@ def book_pdf_b64(title: str, pages: list[DrawnPage]) -> str:
     return base64.b64encode(pdf).decode("ascii")
 
 
-async def _draw_page(drawer: PageDrawer, request: GenerateRequest, retry_after_s: int, timeout_s: float):
+async def _draw_page(drawer: PageDrawer, book: BookRequest, page: BookPageRequest, pictures: PagePictures):
     """One page; a full batch queue is waited out (a book is patient), up to the page's own timeout."""
-    give_up_at = time.monotonic() + timeout_s
+    retry_after_s = drawer.settings.retry_after_s
+    give_up_at = time.monotonic() + drawer.settings.request_timeout_s
     while True:
         try:
-            return await drawer.page(request)
+            return await drawer.page(book, page.drawing_prompt, page.seed, pictures)
         except Overloaded:
             if time.monotonic() + retry_after_s > give_up_at:
                 raise
             await asyncio.sleep(retry_after_s)
 
 
-async def draw_book(book: BookRequest, drawer: PageDrawer, progress: BookProgress) -> tuple[BookResult, int]:
+async def draw_book(
+    book: BookRequest, pictures: PagePictures, drawer: PageDrawer, progress: BookProgress
+) -> tuple[BookResult, int]:
     """Every page in order, each continuing the one before, and the HTTP status of the result. A failed page ends
-    the book, keeping what was drawn; its status (>= 400) makes the BentoML task a failed one."""
-    settings = drawer.settings
-    prev_frame = book.first_frame
+    the book, keeping what was drawn; its status (>= 400) makes the BentoML task a failed one.
+
+    `pictures` are the book's, checked once (`book_pictures`): the characters of every page, and the first page's
+    `prev_frame`. Each next page's `prev_frame` is the page before as the model service drew it, a trusted PNG."""
+    limits = drawer.settings.image_limits
+    prev_frame = pictures.prev_frame
     failure, status = None, 200
     for index, page in enumerate(book.pages):
         try:
-            output = await _draw_page(
-                drawer, book.page_request(index, prev_frame), settings.retry_after_s, settings.request_timeout_s
-            )
+            output = await _draw_page(drawer, book, page, PagePictures(prev_frame, pictures.characters))
         except Overloaded as error:
             failure, status = PageFailure(index=index, kind="overloaded", error=str(error)), 503
             break
@@ -204,7 +213,7 @@ async def draw_book(book: BookRequest, drawer: PageDrawer, progress: BookProgres
         )
         progress.pages.append(drawn)
         progress.pages_done = len(progress.pages)
-        prev_frame = output.img
+        prev_frame = await asyncio.to_thread(own_page_as_prev_frame, output.img, **limits)
     progress.failure = failure
     progress.status = "failed" if failure else "completed"
     pdf = await asyncio.to_thread(book_pdf_b64, book.title, progress.pages) if progress.pages else None

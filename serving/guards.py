@@ -80,7 +80,8 @@ def media_type(headers: dict[bytes, bytes]) -> bytes | None:
     return None if value is None else value.split(b";")[0].strip().lower()
 
 
-async def send_json(send: Send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def send_json(send: Send, status: int, body: dict | bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """A JSON answer: `body` as a dict, or as JSON already serialised."""
     await send(
         {
             "type": "http.response.start",
@@ -88,7 +89,7 @@ async def send_json(send: Send, status: int, body: dict, headers: list[tuple[byt
             "headers": [(b"content-type", b"application/json"), *headers],
         }
     )
-    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+    await send({"type": "http.response.body", "body": body if isinstance(body, bytes) else json.dumps(body).encode()})
 
 
 async def checked_headers(scope: Scope, send: Send) -> dict[bytes, bytes] | None:

@@ -190,6 +190,24 @@ def encode_png(image: Image.Image, compress_level: int = 6) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def normalised_png(data: str, field: str, limits: dict) -> str:
+    """An untrusted picture as the model service takes it: through `decode_image` (checked, bounded, RGB), then
+    PNG, lossless and fast, so the model service only decodes what the front already checked."""
+    return encode_png(decode_image(data, field, **limits), compress_level=1)
+
+
+def own_page_as_prev_frame(data: str, max_side: int, max_aspect_ratio: float, **_other_limits) -> str:
+    """A page this service drew (PNG base64) as the next page's `prev_frame`: the picture `decode_image` would
+    make of it, without the untrusted decoder. Already in bounds (a page of at most `max_side`, the usual case), it
+    goes on as it is; otherwise it is decoded as the trusted PNG it is, bounded as an untrusted one would be, and
+    encoded again."""
+    with Image.open(io.BytesIO(base64.b64decode(data)), formats=("PNG",)) as header:  # the size, no pixels yet
+        width, height = header.size
+    if max(width, height) <= max_side and max(width, height) <= min(width, height) * max_aspect_ratio:
+        return data
+    return encode_png(bounded(decode_trusted_png(data), max_side, max_aspect_ratio), compress_level=1)
+
+
 def decode_trusted_png(data: str) -> Image.Image:
     """For images this project encoded itself (between its own services)."""
     image = Image.open(io.BytesIO(base64.b64decode(data)), formats=("PNG",))

@@ -1,12 +1,12 @@
 """The HTTP schema: one definition of a page's fields, with bounds taken from pipeline.page and the settings.
 
-`GenerateRequest` is the seed's request plus optional settings; `PageJob` is the same page as the front hands it to
-the model service (images checked and re-encoded as PNG, a deadline added); `PageOutput` is one page's answer.
+`GenerateRequest` is the seed's request plus optional settings; `GenerateResponse` its answer. What the front hands
+the model service for a page is not these but the wire's own types (serving/wire.py).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationInfo, field_validator
 
@@ -18,13 +18,10 @@ from pipeline.page import (
     MAX_STEPS,
     MIN_SIDE,
     SIDE_MULTIPLE,
-    ErrorKind,
-    PageRequest,
     check_regions,
 )
 from pipeline.sources import PROFILES
 
-from .images import decode_trusted_png, encode_png
 from .settings import serving_settings
 
 MAX_SIDE = PROFILES[ModelSettings().profile].max_side
@@ -143,38 +140,15 @@ class GenerateResponse(BaseModel):
     timings_ms: dict[str, float] = Field(default_factory=dict, description="Where the time went, in milliseconds.")
 
 
-class PageJob(GenerateRequest):
-    """One page as the front hands it to the model service: validated, images normalised and re-encoded as PNG."""
-
-    deadline: float | None = None  # wall-clock time after which the front no longer waits
-    negative_prompt: str = ""  # the user's, after the child-safe one the front put first: unbounded here
-    job_id: str | None = None  # what the front names when it tells the model service the client hung up
-
-    def page_request(self) -> PageRequest:
-        return PageRequest(
-            **self.model_dump(exclude={"prev_frame", "characters", "regions"}),
-            regions=tuple(tuple(box) for box in self.regions) if self.regions is not None else None,
-            prev_frame=decode_trusted_png(self.prev_frame) if self.prev_frame else None,
-            characters=tuple(decode_trusted_png(c) for c in self.characters),
-        )
+Model = TypeVar("Model", bound=BaseModel)
 
 
-class PageOutput(BaseModel):
-    img: str | None = None
-    seed: int | None = None
-    batch_size: int = 0
-    timings_ms: dict[str, float] = Field(default_factory=dict)
-    error_kind: ErrorKind | None = None  # this page failed (its batch-mates did not)
-    error: str | None = None
+def validated_by_bentoml(schema: type[Model], fields: dict[str, Any]) -> Model:
+    """The request BentoML already validated, as `schema` again, without validating it a second time.
 
-    @classmethod
-    def from_result(cls, result) -> PageOutput:
-        """A pipeline.PageResult as it travels back to the front."""
-        if not result.ok:
-            return cls(seed=result.seed, error_kind=result.error.kind, error=result.error.message)
-        return cls(
-            img=encode_png(result.image), seed=result.seed, batch_size=result.batch_size, timings_ms=result.timings_ms
-        )
-
-    def response(self) -> GenerateResponse:
-        return GenerateResponse(img=self.img, seed=self.seed, batch_size=self.batch_size, timings_ms=self.timings_ms)
+    An API declared with `input_spec=schema` gets its fields as keyword arguments: BentoML parses the body into
+    its own subclass of `schema` (pydantic validation, its 400 naming the field) and passes that model's attribute
+    values (`_bentoml_impl/server/app.py`, `api_endpoint`, BentoML 1.4). They are checked values of `schema`'s
+    fields, so they are put back together as they are. Only for the fields of a served API: a Python caller of the
+    service's method would get no validation here."""
+    return schema.model_construct(**fields)

@@ -277,3 +277,23 @@ def test_the_readme_book_commands_fail_loudly_and_write_no_pdf_when_the_book_fai
     assert run.returncode == 22, run.stdout + run.stderr  # curl -f: the HTTP error answer
     assert run.stdout.strip().endswith("failed") and "returned error: 507" in run.stderr, run.stdout + run.stderr
     assert not (tmp_path / "book.pdf").exists()
+
+
+def test_progress_since_sends_only_the_later_pages_pictures(finished, served):
+    task_id, _, final, _ = finished
+    progress = f"{served}/book/progress"
+    everything = requests.get(progress, params={"task_id": task_id}, timeout=10).json()
+    assert everything == final  # without `since`: the answer existing clients know
+    assert requests.get(progress, params={"task_id": task_id, "since": 0}, timeout=10).json() == everything
+    later = requests.get(progress, params={"task_id": task_id, "since": 2}, timeout=10).json()
+    assert [page["index"] for page in later["pages"]] == [2, 3] and later["pages"] == everything["pages"][2:]
+    assert {k: v for k, v in later.items() if k != "pages"} == {k: v for k, v in everything.items() if k != "pages"}
+    beyond = requests.get(progress, params={"task_id": task_id, "since": 9}, timeout=10).json()
+    assert beyond["pages"] == [] and beyond["pages_done"] == 4
+
+
+@pytest.mark.parametrize("since", ["-1", "two", "1.5", ""])
+def test_a_bad_since_is_a_400_naming_it(finished, served, since):
+    answer = requests.get(f"{served}/book/progress", params={"task_id": finished[0], "since": since}, timeout=10)
+    assert answer.status_code == 400, answer.text
+    assert [d["loc"] for d in answer.json()["detail"]] == [["since"]]

@@ -274,3 +274,14 @@ def test_model_service_refuses_pickled_bodies(served):
         assert refused.status_code == 415
         accepted = model.post("/draw", json={"jobs": [{"prompt": "direct", "seed": 1, "steps": 1}]}, timeout=60)
         assert accepted.status_code == 200 and accepted.json()[0]["img"]
+
+
+def test_the_model_service_refuses_a_field_the_wire_does_not_have(served):
+    import httpx
+
+    with httpx.Client(
+        transport=httpx.HTTPTransport(uds=model_service_socket(served)), base_url="http://model"
+    ) as model:
+        refused = model.post("/draw", json={"jobs": [{"prompt": "direct", "seed": 1, "stpes": 1}]}, timeout=60)
+    assert refused.status_code == 400, refused.text
+    assert any(d["loc"][-1] == "stpes" for d in refused.json()["detail"]), refused.json()
