@@ -55,7 +55,7 @@ class PageDrawer:
     async def draw(self, job: PageJob) -> PageOutput:
         """One page through the model service's adaptive batcher; raises Overloaded when its queue is full.
 
-        Cancelled (the client hung up, see serving/lifecycle.py): the model service is told, so it does not draw
+        Cancelled (the client hung up, see serving/hangups.py): the model service is told, so it does not draw
         the page for nobody. Cancelling the call alone would not stop it: the model service never sees the closed
         connection while the page waits in its batcher or is being drawn in a thread."""
         try:
