@@ -170,6 +170,7 @@ def name_fields_in_400s() -> None:
     and builds `{"error", "detail": [{"loc", ...}]}` inline, no hook). This wraps that method: a 400 it made with a
     `detail` list gets serving/errors.py's `field` on each entry, the one field string every 400 carries."""
     from _bentoml_impl.server.app import ServiceAppFactory
+    from starlette.responses import JSONResponse
 
     from .errors import with_field
 
@@ -180,7 +181,7 @@ def name_fields_in_400s() -> None:
     @functools.wraps(original)
     async def api_endpoint_wrapper(self, name, request):
         response = await original(self, name, request)
-        if response.status_code == 400 and response.media_type == "application/json":
+        if response.status_code == 400 and isinstance(response, JSONResponse):
             body = json.loads(response.body)
             if isinstance(body, dict) and isinstance(body.get("detail"), list):
                 body["detail"] = [with_field(entry) if isinstance(entry, dict) else entry for entry in body["detail"]]

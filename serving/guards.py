@@ -19,9 +19,10 @@ from . import errors
 # Health, readiness, metrics and the API docs stay open: probes and scrapers carry no key and are never throttled.
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/", "/docs.json", "/schema.json"})
 # The headers some guard or BentoML's request parsing acts on, that the HTTP parser lets through twice: each may
-# appear once. Content-Length and Transfer-Encoding are not here: h11, uvicorn's parser here (httptools is not
-# installed; serving/framework.py refuses to start on another), refuses conflicting Content-Lengths and a repeated
-# Transfer-Encoding itself, and folds identical Content-Lengths into one (tests/test_framework.py checks it over TCP).
+# appear once. Content-Length and Transfer-Encoding are not here: h11, uvicorn's parser here, refuses conflicting
+# Content-Lengths and a repeated Transfer-Encoding itself and folds identical Content-Lengths into one
+# (tests/test_hardening.py shows it over TCP). httptools would not: tests/test_framework.py keeps it uninstalled,
+# and serving/framework.py refuses to start where uvicorn would pick another parser.
 DECISIVE_HEADERS = ("authorization", "content-type")
 MIB = 1024 * 1024
 
