@@ -33,8 +33,6 @@ import logging
 from .connections import OpenConnections
 from .settings import ServingSettings
 
-log = logging.getLogger(__name__)
-
 IMAGE_PIXEL_LIMIT = 40_000_000  # Pillow raises DecompressionBombError above twice this, from the header
 PILLOW_BLOCKS = 8  # 16 MB blocks kept in Pillow's cache for the next decode: 128 MB at most
 API_ERROR_LOGGER = "bentoml._internal.server.http_app"  # the logger of its log_exception, which the API wrapper calls
@@ -78,7 +76,7 @@ def _changed(what: str) -> RuntimeError:
     return RuntimeError(f"{what} changed shape: see serving/framework.py")
 
 
-# -- BentoML: a client's mistake is no ERROR in the log ---------------------------------------------------------------
+# -- BentoML 1.4.40: a client's mistake is no ERROR in the log --------------------------------------------------------
 
 
 class BadInputIsNoError(logging.Filter):
@@ -115,7 +113,7 @@ def quiet_client_errors() -> None:
         logger.addFilter(BadInputIsNoError())
 
 
-# -- BentoML: the OpenAPI document lists the answers these services give ---------------------------------------------
+# -- BentoML 1.4.40: the OpenAPI document lists the answers these services give ----------------------------------------
 
 
 def check_openapi_errors() -> None:
@@ -148,7 +146,7 @@ def document_error_answers() -> None:
     openapi.error_responses.update(answers)
 
 
-# -- BentoML: its own 400s name each field as `field` too ------------------------------------------------------------
+# -- BentoML 1.4.40: its own 400s name each field as `field` too -------------------------------------------------------
 
 
 def check_api_endpoint_wrapper() -> None:
@@ -193,7 +191,7 @@ def name_fields_in_400s() -> None:
     ServiceAppFactory.api_endpoint_wrapper = api_endpoint_wrapper
 
 
-# -- BentoML: how long the adaptive batcher holds a lone request ----------------------------------------------------
+# -- BentoML 1.4.40: how long the adaptive batcher holds a lone request ---------------------------------------------
 
 
 def check_batch_optimizer():
@@ -221,7 +219,7 @@ def bound_batch_wait(fraction: float) -> None:
     optimizer_class.trigger_refresh = trigger_refresh
 
 
-# -- uvicorn: connections that send no headers, and too many connections ----------------------------------------------
+# -- uvicorn 0.54.0 (h11 0.16.0): connections that send no headers, and too many connections -------------------------
 
 
 def check_uvicorn_protocol():
@@ -274,7 +272,7 @@ def bound_connections(connections: OpenConnections) -> None:
     protocol_class.connection_made = connection_made
 
 
-# -- Pillow: decompression bombs, and where freed picture memory goes -------------------------------------------------
+# -- Pillow 13.0.0: decompression bombs, and where freed picture memory goes ------------------------------------------
 
 
 def check_pillow() -> None:
@@ -298,7 +296,7 @@ def bound_pillow() -> None:
     Image.core.set_blocks_max(PILLOW_BLOCKS)
 
 
-# -- BentoML's private client, used (not patched) by serving/model_client.py ------------------------------------------
+# -- BentoML 1.4.40: its private client, used (not patched) by serving/model_client.py --------------------------------
 # Its use stays in model_client.py: it patches nothing process-wide, it only builds a client object the way
 # `bentoml.depends` does but speaking JSON, and that code belongs with the client it makes. Its shape is checked here,
 # with every other private name, so an upgrade has one place to look.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import inspect
 import subprocess
 import sys
 
@@ -27,8 +28,25 @@ def test_the_installed_versions_are_the_ones_the_patches_were_checked_against():
     assert installed == framework.CHECKED_AGAINST
 
 
-def test_every_private_shape_is_as_the_patches_expect():
-    framework.check_shapes()  # raises, naming what moved
+SHAPE_CHECKS = [
+    framework.check_api_error_logger,
+    framework.check_openapi_errors,
+    framework.check_api_endpoint_wrapper,
+    framework.check_batch_optimizer,
+    framework.check_uvicorn_protocol,
+    framework.check_pillow,
+    framework.check_remote_proxy,
+]
+
+
+@pytest.mark.parametrize("check", SHAPE_CHECKS, ids=[check.__name__ for check in SHAPE_CHECKS])
+def test_each_private_shape_is_as_its_patch_expects(check):
+    check()  # raises, naming what moved
+
+
+def test_install_runs_every_shape_check():
+    source = inspect.getsource(framework.check_shapes)
+    assert all(f"{check.__name__}()" in source for check in SHAPE_CHECKS)
 
 
 # What install() changes, read in a fresh interpreter before and after: (description, expression).
