@@ -72,14 +72,15 @@ def state():
 
 
 def test_importing_serving_modules_patches_nothing_until_install():
-    imports = "; ".join(f"import serving.{name}" for name in SERVING_MODULES)
     run_python(
         TOUCHED
         + f"""
+import importlib
 before = state()
-{imports}
-after_import = state()
-assert after_import == before, {{k: (before[k], v) for k, v in after_import.items() if v != before[k]}}
+for name in {SERVING_MODULES!r}:
+    importlib.import_module("serving." + name)
+    after_import = state()
+    assert after_import == before, (name, {{k: v for k, v in after_import.items() if v != before[k]}})
 from serving import framework
 from serving.settings import serving_settings
 framework.install(serving_settings)
