@@ -1,9 +1,6 @@
-"""Picture Book as BentoML services: the seed's `POST /generate` contract over the page pipeline.
-
-A table of contents: `PictureBook` (front: HTTP schema, pictures checked, the answer encoded) depends on `PageModel`
-(holds the models on the GPU and draws whole adaptive batches through `pipeline/`). What each route does lives in
-`serving/`, the model work in `pipeline/`.
-"""
+"""Picture Book as BentoML services, a table of contents: `PictureBook` (front: HTTP schema, pictures checked, the
+answer encoded) depends on `PageModel` (the models on the GPU, drawing adaptive batches). What each route does lives
+in `serving/`, the model work in `pipeline/`, every patch of BentoML, uvicorn and Pillow in serving/framework.py."""
 
 from __future__ import annotations
 
@@ -16,28 +13,31 @@ import bentoml
 from bentoml.validators import ContentType
 
 from pipeline.config import ModelSettings
-from serving.batching import bound_batch_wait
+from serving import framework
 from serving.bento_models import declared_models, model_paths
 from serving.book_gate import BookGate
 from serving.books import BookJobs, BookRequest, BookResult, PdfRequest, pdf_file
 from serving.content_safety import PromptGate
+from serving.draining import Draining
 from serving.drawing import PageDrawer
 from serving.guards import AdmissionLimit, ApiKeyAuth, JsonBodyOnly, RefusePickledBodies
-from serving.lifecycle import Lifecycle
+from serving.hangups import CancelOnHangUp
 from serving.listening import warn_if_open_to_the_network
 from serving.metrics import SAFETY_CHECKER_ENABLED
 from serving.model_client import ModelClient
+from serving.readiness import FastReadiness
 from serving.schemas import GenerateRequest, GenerateResponse, validated_by_bentoml
 from serving.settings import serving_settings as settings
 from serving.studio import studio_app
 from serving.threads import torch_thread
 from serving.wire import PageAnswer, PageJob, draw_jobs
 
+connections = framework.install(settings)  # every patch of BentoML, uvicorn and Pillow, before any server starts
 log = logging.getLogger("picturebook")
 model_settings = ModelSettings()
 api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
 book_jobs = BookJobs(settings.max_books)  # one per front process: BookGate (below) and the book task share it
-prompt_gate = PromptGate(settings)  # the prompt filter, for /generate and for books at submit
+prompts = PromptGate(settings)  # the prompt filter, for /generate and for books at submit
 
 
 @bentoml.service(
@@ -45,8 +45,8 @@ prompt_gate = PromptGate(settings)  # the prompt filter, for /generate and for b
     resources={"gpu": 1, "memory": "16Gi"},
     # Longer than the front's timeout: a batch stops itself at its requests' deadlines, between denoising steps.
     traffic={"timeout": settings.request_timeout_s + 30},
-    # BentoML's client replaces its HTTP session every `max_requests` calls or `max_age` s (100, 300), cutting calls
-    # in flight on the old one (500 "Server disconnected"). A Unix socket in the pod has nothing to re-resolve.
+    # BentoML's client replaces its HTTP session every 100 calls or 300 s, cutting the calls in flight on the old one
+    # (500 "Server disconnected"). The model is a Unix socket in the same pod, nothing to re-resolve: keep one.
     runner_connection={"max_requests": 2**62, "max_age": 1e12},
     workers=1,
 )
@@ -61,7 +61,6 @@ class PageModel:
         self.generator = torch_thread.run(load_page_generator, model_paths(self, model_settings), model_settings)
         SAFETY_CHECKER_ENABLED.set(1 if model_settings.safety_checker else 0)
         log.info("models loaded in %.1f s", time.perf_counter() - started)
-        bound_batch_wait(settings.batch_wait_fraction)
 
     # BentoML wants a batchable API's max_batch_size > 1; batch size 1 means no batcher, and the front still sends
     # a one-page list, so `draw` has the same signature either way.
@@ -81,7 +80,8 @@ class PageModel:
 
 
 # Outermost first. The model's socket is reachable from anything in the pod: the same key, and JSON only.
-PageModel.add_asgi_middleware(Lifecycle, public=False, **settings.lifecycle)
+PageModel.add_asgi_middleware(Draining, public=False, retry_after_s=settings.retry_after_s, connections=connections)
+PageModel.add_asgi_middleware(FastReadiness)
 if api_key is not None:
     PageModel.add_asgi_middleware(ApiKeyAuth, api_key=api_key)
 PageModel.add_asgi_middleware(RefusePickledBodies)
@@ -98,8 +98,7 @@ PageModel.add_asgi_middleware(RefusePickledBodies)
             "access_control_allow_headers": ["Authorization", "Content-Type"],
         },
     },
-    # Baked into the bento's image: the profile it was built with, and no hub access (weights are inside).
-    # HF_HUB_OFFLINE only at run time: `bentoml containerize` downloads the pinned sdxl models while building.
+    # Baked into the image: its profile, and no hub at run time (`bentoml containerize` downloads sdxl to build).
     envs=[
         {"name": "PICTUREBOOK_PROFILE", "value": model_settings.profile.value},
         {"name": "HF_HUB_OFFLINE", "value": "1", "stage": "runtime"},
@@ -113,15 +112,12 @@ class PictureBook:
 
     def __init__(self) -> None:
         self.client = ModelClient(type(self).__dict__["model"], self.model, api_key)
-        self.pages = PageDrawer(self.client, settings, prompt_gate)
+        self.pages = PageDrawer(self.client, settings, prompts)
 
     @bentoml.on_startup
-    async def connect_to_model(self) -> None:
-        await self.client.open()
-
-    @bentoml.on_startup
-    def warn_if_open(self) -> None:
+    async def start(self) -> None:
         warn_if_open_to_the_network(api_key)
+        await self.client.open()
 
     @bentoml.on_shutdown
     async def disconnect_from_model(self) -> None:
@@ -141,11 +137,13 @@ class PictureBook:
         return await pdf_file(validated_by_bentoml(PdfRequest, fields), settings.image_limits, ctx)
 
 
-# Outermost first: draining and hang-ups; refuse unauthenticated callers; bodies that are not small JSON arriving in
-# time; excess load (a request is admitted once its body is here, so slow senders hold no slot); book submissions.
-PictureBook.add_asgi_middleware(Lifecycle, public=True, **settings.lifecycle)
+# Outermost first: draining, /readyz, hang-ups; refuse unauthenticated callers; bodies that are not small JSON
+# arriving in time; excess load (admitted once its body is here, so slow senders hold no slot); book submissions.
+PictureBook.add_asgi_middleware(Draining, public=True, retry_after_s=settings.retry_after_s)
+PictureBook.add_asgi_middleware(FastReadiness)
+PictureBook.add_asgi_middleware(CancelOnHangUp)
 if api_key is not None:
     PictureBook.add_asgi_middleware(ApiKeyAuth, api_key=api_key)
 PictureBook.add_asgi_middleware(JsonBodyOnly, **settings.body_limits)
 PictureBook.add_asgi_middleware(AdmissionLimit, limit=settings.max_concurrency, retry_after_s=settings.retry_after_s)
-PictureBook.add_asgi_middleware(BookGate, jobs=book_jobs, prompts=prompt_gate, settings=settings)
+PictureBook.add_asgi_middleware(BookGate, jobs=book_jobs, prompts=prompts, settings=settings)

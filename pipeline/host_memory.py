@@ -1,26 +1,6 @@
-"""Keep the host allocator from returning a page's freed memory to the OS only to fault it back in for the next page.
-
-torch's CPU tensors come from glibc's malloc, which by default gives memory back as soon as it is freed. Blocks above
-a moving mmap threshold are unmapped. Free memory at the top of a heap is trimmed. A thread's own arena (the model
-worker draws on one thread, serving/threads.py) deletes each 64 MiB heap of it that becomes empty. The next page
-then allocates the same activations again, and the kernel zero-fills them page by page.
-
-On the `tiny` profile a 256² page cost 10,000-67,000 minor page faults and ran 10-25 % slower than in a process whose
-allocator history happened to keep that memory. How much a process kept depended on what it had drawn before, so the
-same page also took different times in the model worker and in the benchmark's own process (docs/PERFORMANCE.md,
-"The serving overhead on CPU").
-
-Fixed thresholds make every process behave the same way:
-- blocks up to 32 MiB come from a heap; that is the largest mmap threshold glibc accepts on 64-bit;
-- up to 1 GiB of free memory stays at a heap's top;
-- a top pad of one whole heap keeps a thread arena's empty heaps.
-
-A process then keeps the working set of its largest page mapped instead of returning it and faulting it back in,
-and its peak RSS does not change. Blocks above 32 MiB are still mapped and unmapped per use. Loading frees what it no
-longer needs once, at the end (`release_freed_memory`), so the transient of loading is not kept. On a GPU host the
-activations live on the device, and this changes little.
-
-Other C libraries (musl, macOS) have other allocators: there both functions do nothing.
+"""Keep the host allocator from returning a page's freed memory to the OS only to fault it back in for the next page:
+fixed glibc malloc thresholds for the process (`keep_freed_memory`), and one trim after loading
+(`release_freed_memory`). Why and what was measured: docs/DESIGN.md, "Host memory between pages".
 """
 
 from __future__ import annotations

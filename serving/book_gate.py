@@ -16,12 +16,14 @@ import re
 from urllib.parse import parse_qs
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
+from . import errors
 from .books import BookJobs, BookRequest, book_pictures
 from .content_safety import PromptGate
 from .drawing import PagePictures
-from .errors import validation_error_body
-from .guards import Receive, Scope, Send, replaying, send_json
+from .guards import replaying
 from .settings import ServingSettings
 
 BOOK, SUBMIT, PROGRESS = "/book", "/book/submit", "/book/progress"
@@ -53,36 +55,38 @@ class BookGate:
         self.jobs = jobs
         self.prompts = prompts
         self.image_limits = settings.image_limits
-        self.retry_after = str(settings.retry_after_s).encode()
+        self.retry_after_s = settings.retry_after_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == PROGRESS and scope["method"] == "GET":
-            await self._progress(scope, send)
+            await self._progress(scope, receive, send)
         elif scope["type"] == "http" and scope["path"] == SUBMIT and scope["method"] == "POST":
             await self._submit(scope, receive, send)
         elif scope["type"] == "http" and scope["path"] == BOOK and scope["method"] == "POST":
             # BentoML also serves every task as a plain call; a book takes minutes, past any HTTP timeout, and
             # would bypass the checks and the limit above.
-            await send_json(send, 405, {"error": "a book is a job: POST /book/submit, then poll /book/status"})
+            await errors.not_a_job()(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
-    async def _progress(self, scope: Scope, send: Send) -> None:
+    async def _progress(self, scope: Scope, receive: Receive, send: Send) -> None:
         query = parse_qs(scope.get("query_string", b"").decode(), keep_blank_values=True)  # "since=" is no number
+        task_id = query.get("task_id", [""])[0]
+        progress = self.jobs.progress(task_id) if task_id else None
         try:
             since = ProgressQuery.model_validate({"since": query.get("since", ["0"])[0]}).since
         except ValidationError as error:
-            await send_json(send, 400, validation_error_body(error))
-            return
-        task_id = query.get("task_id", [""])[0]
-        progress = self.jobs.progress(task_id) if task_id else None
-        if progress is None:
-            error = "task_id is required" if not task_id else "no book with this task_id in this replica"
-            await send_json(send, 400 if not task_id else 404, {"error": error})
-            return
-        # Serialised once, straight to the body; the pictures of the pages before `since` are left out.
-        skipped = {"pages": set(range(min(since, len(progress.pages))))} if since else None
-        await send_json(send, 200, progress.model_dump_json(exclude=skipped).encode())
+            answer = errors.invalid_fields(error)
+        else:
+            if not task_id:
+                answer = errors.bad_query("task_id is required")
+            elif progress is None:
+                answer = errors.not_found("no book with this task_id in this replica")
+            else:
+                # Serialised once, straight to the body; the pictures of the pages before `since` are left out.
+                skipped = {"pages": set(range(min(since, len(progress.pages))))} if since else None
+                answer = Response(progress.model_dump_json(exclude=skipped), media_type="application/json")
+        await answer(scope, receive, send)
 
     async def _submit(self, scope: Scope, receive: Receive, send: Send) -> None:
         chunks = []
@@ -97,24 +101,20 @@ class BookGate:
         try:
             book, pictures = await asyncio.to_thread(check_book, body, self.image_limits)
         except ValidationError as error:
-            await send_json(send, 400, validation_error_body(error))
+            await errors.invalid_fields(error)(scope, receive, send)
             return
         refused = self.prompts.refusal(book.texts())
         if refused is not None:
             await refused(scope, receive, send)
             return
         if not self.jobs.reserve():
-            await send_json(
-                send,
-                429,
-                {"error": f"{self.jobs.max_running} books are drawing already; retry later"},
-                [(b"retry-after", self.retry_after)],
-            )
+            message = f"{self.jobs.max_running} books are drawing already; retry later"
+            await errors.too_many(message, self.retry_after_s)(scope, receive, send)
             return
 
         accepted = False
 
-        async def watch_status(message: dict) -> None:
+        async def watch_status(message: Message) -> None:
             nonlocal accepted
             if message["type"] == "http.response.start":
                 accepted = message["status"] == 200

@@ -8,9 +8,7 @@ from collections.abc import Iterable
 
 from starlette.responses import JSONResponse
 
-from pipeline.page import ErrorKind
-
-from .errors import HTTP_STATUS
+from . import errors
 from .metrics import REFUSALS
 from .prompt_filter import REFUSAL_MESSAGE, PromptFilter
 from .settings import ServingSettings
@@ -34,5 +32,4 @@ class PromptGate:
         field, refusal = found
         log.warning("content refused in %s: %s", field, refusal)  # the category and term, never the whole text
         REFUSALS.labels(kind="prompt_refused").inc()
-        kind = ErrorKind.content_refused
-        return JSONResponse({"error": REFUSAL_MESSAGE, "kind": kind.value, "field": field}, HTTP_STATUS[kind])
+        return errors.content_refused(field, REFUSAL_MESSAGE)

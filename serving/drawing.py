@@ -97,7 +97,7 @@ class PageDrawer:
         """One page through the model service's adaptive batcher; raises Overloaded when its queue is full.
 
         BentoML's client parses the answer into PageAnswer (the front's one validation of it).
-        Cancelled (the client hung up, see serving/lifecycle.py): the model service is told, so it does not draw
+        Cancelled (the client hung up, see serving/hangups.py): the model service is told, so it does not draw
         the page for nobody. Cancelling the call alone would not stop it: the model service never sees the closed
         connection while the page waits in its batcher or is being drawn in a thread."""
         try:

@@ -1,11 +1,17 @@
-"""How failures are answered: one HTTP status per error kind, and 400s that name the field, as BentoML's are."""
+"""How failures are answered: one HTTP status per error kind, and one function per kind of answer.
+
+Every answer is a Starlette response, so an API returns it and an ASGI middleware sends it the same way:
+`await answer(scope, receive, send)`. Every body has `error`, for a person. A 400 about fields has `detail`, one
+entry per field, with `loc` (the path as pydantic gives it: `["pages", 3, "prompt"]`) and `field` (the same path
+as one string: `"pages[3].prompt"`); a refused text's 422 has `kind` and the same `field`.
+"""
 
 from __future__ import annotations
 
-import logging
+import json
 import re
+from typing import Any
 
-from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
@@ -25,26 +31,49 @@ if set(HTTP_STATUS) != set(ErrorKind):
     raise RuntimeError(f"error kinds without an HTTP status: {set(ErrorKind) - set(HTTP_STATUS)}")
 
 
-def page_error(kind: ErrorKind, message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "kind": kind.value}, HTTP_STATUS[kind])
+class ErrorAnswer(JSONResponse):
+    """A JSON error, written as `json.dumps` writes it (the bytes the guards have always sent)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False).encode("utf-8")
 
 
-def overloaded(reason: str, retry_after_s: int) -> JSONResponse:
-    return JSONResponse(
-        {"error": f"overloaded, retry later ({reason})"}, 503, headers={"Retry-After": str(retry_after_s)}
-    )
+def _answer(status: int, error: str, *, retry_after_s: int | None = None, close: bool = False, **more) -> ErrorAnswer:
+    headers = {}
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
+    if close:  # the connection's framing or its sender cannot be trusted any further
+        headers["Connection"] = "close"
+    return ErrorAnswer({"error": error, **more}, status, headers=headers)
+
+
+# -- the request's fields ------------------------------------------------------------------------------------------
+
+
+def field_path(loc: tuple | list) -> str:
+    """A pydantic location as one string: ("pages", 3, "prompt") -> "pages[3].prompt"."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
+
+
+def with_field(entry: dict) -> dict:
+    """A `detail` entry with `field`, the string form of its `loc`."""
+    return {**entry, "field": field_path(entry["loc"])} if "loc" in entry else entry
 
 
 def validation_error_body(error: ValidationError) -> dict:
-    """BentoML's own 400 body for a schema error (`detail[].loc` names the field), for checks made outside it."""
+    """BentoML's own 400 body for a schema error, each `detail` entry with its `field` as well."""
+    details = error.errors(include_context=False, include_input=False, include_url=False)
     return {
         "error": f"{error.error_count()} validation error for {error.title}",
-        "detail": error.errors(include_context=False, include_input=False, include_url=False),
+        "detail": list(map(with_field, details)),
     }
 
 
 def field_error(error: ImageInputError, schema: str = "GenerateRequest") -> ValidationError:
-    """An image problem as the same 400 body BentoML gives for schema errors: `detail[].loc` names the field."""
+    """An image problem as a schema error on its field, so it is answered as BentoML answers schema errors."""
     # "pages[2].img" -> ("pages", 2, "img"), as pydantic locates nested fields
     location = tuple(int(part) if part.isdigit() else part for part in re.findall(r"[^\[\].]+", error.field))
     return ValidationError.from_exception_data(
@@ -53,79 +82,138 @@ def field_error(error: ImageInputError, schema: str = "GenerateRequest") -> Vali
     )
 
 
-class BadInputIsNoError(logging.Filter):
-    """BentoML logs every exception its API wrapper answers, a malformed request's 400 included, as an ERROR with a
-    full traceback: anyone could flood the logs. A client's mistake becomes one WARNING line; server faults keep
-    their traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        client_error = isinstance(error, ValidationError) or (
-            isinstance(error, BentoMLException) and error.error_code.value < 500
-        )
-        if client_error:
-            summary = " ".join(str(error).split())[:300]
-            record.msg, record.args = f"{record.getMessage()}: bad input: {summary}", ()
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.exc_info = record.exc_text = None
-        return True
+def invalid_fields(error: ValidationError) -> ErrorAnswer:
+    """400: the request's schema or pictures are wrong; `detail` names each field."""
+    return ErrorAnswer(validation_error_body(error), 400)
 
 
-# The logger of bentoml._internal.server.http_app.log_exception, which the API wrapper calls.
-logging.getLogger("bentoml._internal.server.http_app").addFilter(BadInputIsNoError())
+def content_refused(field: str, message: str) -> ErrorAnswer:
+    """422: a text the user wrote was refused by the content filter; `field` names it (`pages[2].text`)."""
+    return _answer(HTTP_STATUS[ErrorKind.content_refused], message, kind=ErrorKind.content_refused.value, field=field)
 
 
-def document_error_answers() -> None:
-    """Make BentoML's OpenAPI document list the answers these services really give.
+# -- headers and bodies ----------------------------------------------------------------------------------------------
 
-    BentoML 1.4 lists 400, 404 and 500 for every API from a module-level dict (`error_responses`), its 400 with a
-    string `detail` where BentoML itself answers a list of field errors, and has no option to add others. This
-    replaces that dict's contents, once per process. What it cannot say: response headers (`Retry-After` on
-    429/503, `WWW-Authenticate` on 401), which BentoML's `Response` does not support, so the descriptions say it.
-    tests/test_hardening.py checks the served document, so a BentoML upgrade that moves the dict fails there."""
-    from _bentoml_sdk.service import openapi
-    from bentoml._internal.service.openapi.specification import MediaType, Response, Schema
 
-    message = {"type": "string", "description": "What went wrong, for a person."}
+def _header(name: str) -> list[dict]:
+    return [with_field({"loc": ["header", name]})]
+
+
+def ambiguous_header(name: str) -> ErrorAnswer:
+    """400: a header some guard or BentoML decides on was sent twice (or the body framed two ways)."""
+    message = f"the {name} header is ambiguous: sent twice, or with Transfer-Encoding"
+    return _answer(400, message, close=True, detail=_header(name))
+
+
+def missing_api_key() -> ErrorAnswer:
+    answer = _answer(401, "missing or wrong API key", detail=_header("Authorization"))
+    answer.headers["WWW-Authenticate"] = "Bearer"
+    return answer
+
+
+def not_json() -> ErrorAnswer:
+    return _answer(415, "the body must be application/json", detail=_header("Content-Type"))
+
+
+def pickle_refused() -> ErrorAnswer:
+    return _answer(415, "request bodies must be application/json (pickles are refused)")
+
+
+def body_too_large(max_bytes: int) -> ErrorAnswer:
+    return _answer(413, f"the body is larger than {max_bytes} bytes", close=True)
+
+
+def body_too_slow(received: int, allowed_s: float) -> ErrorAnswer:
+    return _answer(408, f"the body did not arrive in time ({received} bytes in {allowed_s:.0f} s)", close=True)
+
+
+def client_left_mid_body() -> ErrorAnswer:
+    return _answer(400, "the client left before sending the whole body")
+
+
+def client_closed() -> ErrorAnswer:
+    """499 (nginx's "client closed request"): nobody reads it, but the request must end with an answer."""
+    return _answer(499, "the client closed the connection")
+
+
+# -- load and the server's life ------------------------------------------------------------------------------------
+
+
+def too_many(message: str, retry_after_s: int, *, close: bool = False) -> ErrorAnswer:
+    """429 with Retry-After: requests in flight, bodies arriving, or books drawing, past their limit."""
+    return _answer(429, message, retry_after_s=retry_after_s, close=close)
+
+
+def overloaded(reason: str, retry_after_s: int) -> ErrorAnswer:
+    """503 with Retry-After: the model service's batch queue is full."""
+    return _answer(503, f"overloaded, retry later ({reason})", retry_after_s=retry_after_s)
+
+
+def shutting_down(retry_after_s: int) -> ErrorAnswer:
+    """503 for new work while draining: another replica can take it."""
+    return _answer(503, "shutting down; retry on another replica", retry_after_s=retry_after_s, close=True)
+
+
+def not_ready(reason: str) -> ErrorAnswer:
+    """503 from /readyz."""
+    return _answer(503, reason)
+
+
+# -- pages and books -----------------------------------------------------------------------------------------------
+
+
+def page_error(kind: ErrorKind, message: str) -> ErrorAnswer:
+    """The page could not be drawn: the status of its error kind."""
+    return _answer(HTTP_STATUS[kind], message, kind=kind.value)
+
+
+def not_a_job() -> ErrorAnswer:
+    return _answer(405, "a book is a job: POST /book/submit, then poll /book/status")
+
+
+def bad_query(message: str) -> ErrorAnswer:
+    return _answer(400, message)
+
+
+def not_found(message: str) -> ErrorAnswer:
+    return _answer(404, message)
+
+
+# -- what the API document says about them (serving/framework.py puts it in BentoML's document) -----------------------
+
+
+def documented_answers() -> dict[int, tuple[str, dict[str, dict]]]:
+    """Every status these services answer with: its description and its body's properties besides `error`."""
     field = {
         "type": "object",
         "properties": {
             "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+            "field": {"type": "string", "description": "`loc` as one string, e.g. `pages[3].prompt`."},
             "msg": {"type": "string"},
             "type": {"type": "string"},
         },
         "description": "`loc` is the path of the offending field (`header` first for a header).",
     }
-    kind = {"type": "string", "enum": [kind.value for kind in ErrorKind], "description": "Why the page failed."}
-
-    def answer(description: str, **properties) -> Response:
-        schema = Schema(type="object", required=["error"], properties={"error": message, **properties})
-        return Response(description=description, content={"application/json": MediaType(schema=schema)})
-
-    answers = {
-        400: answer("Invalid request: `detail` names each bad field.", detail={"type": "array", "items": field}),
-        401: answer(
-            "Missing or wrong API key (when one is configured); sent with `WWW-Authenticate: Bearer`.",
-            detail={"type": "array", "items": field},
-        ),
-        404: answer("No such route."),
-        408: answer("The body did not arrive in time (see PICTUREBOOK_BODY_READ_MIN_S)."),
-        413: answer("The body is larger than PICTUREBOOK_MAX_BODY_BYTES."),
-        415: answer("The body is not `application/json`.", detail={"type": "array", "items": field}),
-        422: answer(
+    details = {"detail": {"type": "array", "items": field}}
+    kind = {
+        "kind": {"type": "string", "enum": [kind.value for kind in ErrorKind], "description": "Why the page failed."}
+    }
+    refused = {"field": {"type": "string", "description": "The refused field, e.g. `prompt` or `pages[2].text`."}}
+    return {
+        400: ("Invalid request: `detail` names each bad field.", details),
+        401: ("Missing or wrong API key (when one is configured); sent with `WWW-Authenticate: Bearer`.", details),
+        404: ("No such route.", {}),
+        408: ("The body did not arrive in time (see PICTUREBOOK_BODY_READ_MIN_S).", {}),
+        413: ("The body is larger than PICTUREBOOK_MAX_BODY_BYTES.", {}),
+        415: ("The body is not `application/json`.", details),
+        422: (
             "The page cannot be drawn as asked (`invalid`), or its content was refused (`content_refused`: "
             "`field` names the text, or the picture still flagged after its redraws).",
-            kind=kind,
-            field={"type": "string", "description": "The refused field, e.g. `prompt` or `pages[2].text`."},
+            {**kind, **refused},
         ),
-        429: answer("Too many requests in flight; sent with `Retry-After` (seconds)."),
-        500: answer("The page could not be drawn (a fault of the service, logged).", kind=kind),
-        503: answer("Overloaded or not ready; sent with `Retry-After` (seconds)."),
-        504: answer("The page was not drawn within PICTUREBOOK_REQUEST_TIMEOUT_S.", kind=kind),
-        507: answer("The page does not fit in the accelerator's memory, even alone.", kind=kind),
+        429: ("Too many requests in flight; sent with `Retry-After` (seconds).", {}),
+        500: ("The page could not be drawn (a fault of the service, logged).", kind),
+        503: ("Overloaded or not ready; sent with `Retry-After` (seconds).", {}),
+        504: ("The page was not drawn within PICTUREBOOK_REQUEST_TIMEOUT_S.", kind),
+        507: ("The page does not fit in the accelerator's memory, even alone.", kind),
     }
-    openapi.error_responses.clear()
-    openapi.error_responses.update(answers)
-
-
-document_error_answers()

@@ -1,28 +1,29 @@
 """ASGI guards in front of the model: who may call, what they may send, and how many at once.
 
-Plain ASGI (no BentoML import), added to the services with `add_asgi_middleware`. Each guard answers with a JSON
-error before the request body is read whole, so a refused request costs almost nothing.
-
-Every guard reads its headers through `headers_of`, which refuses a request carrying two values of a header that a
-guard or BentoML decides on: a guard reading one value and BentoML the other is how a pickle once got past the check
-(`dict(scope["headers"])` keeps the last value, Starlette's `request.headers` the first).
+ASGI middleware in Starlette's types (no BentoML import), added to the services with `add_asgi_middleware`. Each
+guard answers with one of serving/errors.py's answers before the request body is read whole, so a refused request
+costs almost nothing. Every guard reads its headers through `headers_of`: each header a guard or BentoML decides on
+has one value, or the request is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
-from collections.abc import Awaitable, Callable
 
-Scope = dict
-Receive = Callable[[], Awaitable[dict]]
-Send = Callable[[dict], Awaitable[None]]
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import errors
 
 # Health, readiness, metrics and the API docs stay open: probes and scrapers carry no key and are never throttled.
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/", "/docs.json", "/schema.json"})
-# The headers some guard or BentoML's request parsing acts on: each may appear once.
-DECISIVE_HEADERS = (b"authorization", b"content-type", b"content-length", b"transfer-encoding")
+# The headers some guard or BentoML's request parsing acts on, that the HTTP parser lets through twice: each may
+# appear once. Content-Length and Transfer-Encoding are not here: h11, uvicorn's parser here, refuses conflicting
+# Content-Lengths and a repeated Transfer-Encoding itself and folds identical Content-Lengths into one
+# (tests/test_hardening.py shows it over TCP). httptools would not: tests/test_framework.py keeps it uninstalled,
+# and serving/framework.py refuses to start where uvicorn would pick another parser.
+DECISIVE_HEADERS = ("authorization", "content-type")
 MIB = 1024 * 1024
 
 
@@ -39,7 +40,7 @@ def replaying(body: bytes, receive: Receive) -> Receive:
     """A `receive` for an app after a guard read the whole body: the body once, then the server's own messages."""
     replayed = False
 
-    async def replay() -> dict:
+    async def replay() -> Message:
         nonlocal replayed
         if replayed:
             return await receive()  # after the body: wait for the disconnect, as the server would
@@ -52,60 +53,40 @@ def replaying(body: bytes, receive: Receive) -> Receive:
 class DuplicateHeader(ValueError):
     """A decisive header given twice, or a body framed both by Content-Length and by Transfer-Encoding."""
 
-    def __init__(self, name: bytes):
-        super().__init__(name.decode("latin-1"))
-        self.name = name.decode("latin-1").title()
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name.title()
 
 
-def headers_of(scope: Scope) -> dict[bytes, bytes]:
-    """The request's headers by (lower-case) name, keeping the first value as Starlette does; raises DuplicateHeader
-    when one of DECISIVE_HEADERS appears more than once."""
-    headers: dict[bytes, bytes] = {}
-    for name, value in scope["headers"]:
-        if name in headers:
-            if name in DECISIVE_HEADERS:
-                raise DuplicateHeader(name)
-            continue
-        headers[name] = value
+def headers_of(scope: Scope) -> Headers:
+    """The request's headers (Starlette's, which read the first value); raises DuplicateHeader when one of
+    DECISIVE_HEADERS appears more than once, or the body is framed both ways.
+
+    A guard reading one value and BentoML the other is how a pickle once got past the check (`dict(scope["headers"])`
+    keeps the last value, Starlette's `request.headers` the first)."""
+    headers = Headers(scope=scope)
+    for name in DECISIVE_HEADERS:
+        if len(headers.getlist(name)) > 1:
+            raise DuplicateHeader(name)
     # RFC 9112 §6.1: such a request may be refused, and its connection must be closed either way (a proxy in front
-    # may have framed the body by the other header).
-    if b"transfer-encoding" in headers and b"content-length" in headers:
-        raise DuplicateHeader(b"content-length")
+    # may have framed the body by the other header). h11 lets it through, reading Transfer-Encoding.
+    if "transfer-encoding" in headers and "content-length" in headers:
+        raise DuplicateHeader("content-length")
     return headers
 
 
-def media_type(headers: dict[bytes, bytes]) -> bytes | None:
+def media_type(headers: Headers) -> str | None:
     """The Content-Type without parameters, parsed as BentoML parses it (then lower-cased); None when absent."""
-    value = headers.get(b"content-type")
-    return None if value is None else value.split(b";")[0].strip().lower()
+    value = headers.get("content-type")
+    return None if value is None else value.split(";")[0].strip().lower()
 
 
-async def send_json(send: Send, status: int, body: dict | bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    """A JSON answer: `body` as a dict, or as JSON already serialised."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), *headers],
-        }
-    )
-    await send({"type": "http.response.body", "body": body if isinstance(body, bytes) else json.dumps(body).encode()})
-
-
-async def checked_headers(scope: Scope, send: Send) -> dict[bytes, bytes] | None:
+async def checked_headers(scope: Scope, receive: Receive, send: Send) -> Headers | None:
     """`headers_of`, or None after answering 400 to a duplicated decisive header."""
     try:
         return headers_of(scope)
     except DuplicateHeader as error:
-        await send_json(
-            send,
-            400,
-            {
-                "error": f"the {error.name} header is ambiguous: sent twice, or with Transfer-Encoding",
-                "detail": [{"loc": ["header", error.name]}],
-            },
-            [(b"connection", b"close")],
-        )
+        await errors.ambiguous_header(error.name)(scope, receive, send)
         return None
 
 
@@ -113,22 +94,17 @@ class ApiKeyAuth:
     """`Authorization: Bearer <key>` on every route but the open ones; the scheme is case-insensitive (RFC 9110
     §11.1), the key compared in constant time."""
 
-    def __init__(self, app, api_key: str):
+    def __init__(self, app: ASGIApp, api_key: str):
         self.app = app
         self.key = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            headers = await checked_headers(scope, send)
+            headers = await checked_headers(scope, receive, send)
             if headers is None:
                 return
-            if not is_open(scope) and not self.authorized(headers.get(b"authorization", b"")):
-                await send_json(
-                    send,
-                    401,
-                    {"error": "missing or wrong API key", "detail": [{"loc": ["header", "Authorization"]}]},
-                    [(b"www-authenticate", b"Bearer")],
-                )
+            if not is_open(scope) and not self.authorized(headers.get("authorization", "").encode("latin-1")):
+                await errors.missing_api_key()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -143,10 +119,10 @@ class AdmissionLimit:
 
     Placed inside JsonBodyOnly, so a request takes a slot only once its body has arrived: slow senders hold none."""
 
-    def __init__(self, app, limit: int, retry_after_s: int):
+    def __init__(self, app: ASGIApp, limit: int, retry_after_s: int):
         self.app = app
         self.limit = limit
-        self.retry_after = str(retry_after_s).encode()
+        self.retry_after_s = retry_after_s
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -154,12 +130,8 @@ class AdmissionLimit:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit:
-            await send_json(
-                send,
-                429,
-                {"error": f"too many requests in flight (limit {self.limit}); retry later"},
-                [(b"retry-after", self.retry_after)],
-            )
+            message = f"too many requests in flight (limit {self.limit}); retry later"
+            await errors.too_many(message, self.retry_after_s)(scope, receive, send)
             return
         # The slot is held until the response is sent, not until the app returns: a BentoML task (a book job) runs
         # after its submit answer inside the same ASGI call, and must not hold a slot for its whole duration.
@@ -172,7 +144,7 @@ class AdmissionLimit:
                 released = True
                 self.in_flight -= 1
 
-        async def send_then_release(message: dict) -> None:
+        async def send_then_release(message: Message) -> None:
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 release()
@@ -192,54 +164,56 @@ class JsonBodyOnly:
     (admission, the API) never waits on a slow sender."""
 
     def __init__(
-        self, app, max_bytes: int, min_read_s: float, read_s_per_mib: float, max_buffered_bytes: int, retry_after_s: int
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        min_read_s: float,
+        read_s_per_mib: float,
+        max_buffered_bytes: int,
+        retry_after_s: int,
     ):
         self.app = app
         self.max_bytes = max_bytes
         self.min_read_s = min_read_s
         self.read_s_per_mib = read_s_per_mib
         self.max_buffered_bytes = max_buffered_bytes
-        self.retry_after = str(retry_after_s).encode()
+        self.retry_after_s = retry_after_s
         self.buffered = 0  # bytes of all bodies being received
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = await checked_headers(scope, send)
+        headers = await checked_headers(scope, receive, send)
         if headers is None:
             return
         if scope["method"] != "POST" or is_open(scope):
             await self.app(scope, receive, send)
             return
-        if media_type(headers) != b"application/json":
-            await send_json(
-                send,
-                415,
-                {"error": "the body must be application/json", "detail": [{"loc": ["header", "Content-Type"]}]},
-            )
+        if media_type(headers) != "application/json":
+            await errors.not_json()(scope, receive, send)
             return
-        declared = headers.get(b"content-length")
+        declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self.too_large(send)
+            await errors.body_too_large(self.max_bytes)(scope, receive, send)
             return
-        body = await self.read_body(receive, send)
+        body = await self.read_body(scope, receive, send)
         if body is None:
             return
         await self.app(scope, replaying(body, receive), send)
 
-    async def read_body(self, receive: Receive, send: Send) -> bytes | None:
+    async def read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The whole body, or None once the request has been answered (413, 408, 429, or the client has gone).
 
         A chunked body has no Content-Length: it is counted as it arrives. (The API reads the body whole anyway,
         so buffering it here costs no extra memory.)"""
         chunks: list[bytes] = []
         try:
-            return await self._read(receive, send, chunks)
+            return await self._read(scope, receive, send, chunks)
         finally:
             self.buffered -= sum(len(chunk) for chunk in chunks)
 
-    async def _read(self, receive: Receive, send: Send, chunks: list[bytes]) -> bytes | None:
+    async def _read(self, scope: Scope, receive: Receive, send: Send, chunks: list[bytes]) -> bytes | None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         size = 0
@@ -248,56 +222,42 @@ class JsonBodyOnly:
             try:
                 message = await asyncio.wait_for(receive(), started + allowed - loop.time())
             except TimeoutError:
-                await send_json(
-                    send,
-                    408,
-                    {"error": f"the body did not arrive in time ({size} bytes in {allowed:.0f} s)"},
-                    [(b"connection", b"close")],
-                )
+                await errors.body_too_slow(size, allowed)(scope, receive, send)
                 return None
             if message["type"] == "http.disconnect":
                 # Nobody will read this answer, but the request must end with one: BentoML's TimeoutMiddleware
                 # (outside these guards) waits for the first message sent, and until then a client that left
                 # mid-body kept the worker from stopping on SIGTERM.
-                await send_json(send, 400, {"error": "the client left before sending the whole body"})
+                await errors.client_left_mid_body()(scope, receive, send)
                 return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self.too_large(send)
+                await errors.body_too_large(self.max_bytes)(scope, receive, send)
                 return None
             if self.buffered + len(chunk) > self.max_buffered_bytes:
-                await send_json(
-                    send,
-                    429,
-                    {"error": "too many request bodies arriving at once; retry later"},
-                    [(b"retry-after", self.retry_after), (b"connection", b"close")],
-                )
+                message = "too many request bodies arriving at once; retry later"
+                await errors.too_many(message, self.retry_after_s, close=True)(scope, receive, send)
                 return None
             chunks.append(chunk)
             self.buffered += len(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def too_large(self, send: Send) -> None:
-        await send_json(
-            send, 413, {"error": f"the body is larger than {self.max_bytes} bytes"}, [(b"connection", b"close")]
-        )
-
 
 class RefusePickledBodies:
     """For the internal model service: bodies are JSON (or untyped, which BentoML reads as JSON), never BentoML's
     pickle media type nor anything else it would parse differently, so nothing is ever unpickled."""
 
-    def __init__(self, app):
+    def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            headers = await checked_headers(scope, send)
+            headers = await checked_headers(scope, receive, send)
             if headers is None:
                 return
-            if media_type(headers) not in (None, b"application/json"):
-                await send_json(send, 415, {"error": "request bodies must be application/json (pickles are refused)"})
+            if media_type(headers) not in (None, "application/json"):
+                await errors.pickle_refused()(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -17,8 +17,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,")
-# Pillow raises DecompressionBombError above twice this; checked from the header, before any pixel is decoded.
-Image.MAX_IMAGE_PIXELS = 40_000_000
 NO_WHITESPACE = str.maketrans("", "", " \t\n\r\f\v")
 URL_SAFE = str.maketrans("-_", "+/")
 
@@ -163,10 +161,6 @@ class PixelBudget:
 
 # Three pictures at the default pixel cap decode at once, the others wait: about 150 MB of RGB at most.
 decoding = PixelBudget(48_000_000)
-# Pillow frees a large image's 16 MB blocks to the allocator of the thread that decoded it, and glibc keeps them in
-# that thread's arena: sixteen decoding threads would keep sixteen pictures' worth (2 GB for 16 Mpx PNGs). Kept in
-# Pillow's own cache (PILLOW_BLOCKS_MAX) instead, they are reused by whichever thread decodes next; 128 MB at most.
-Image.core.set_blocks_max(8)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

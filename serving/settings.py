@@ -88,14 +88,6 @@ class ServingSettings(BaseSettings):
     )
 
     @property
-    def lifecycle(self) -> dict[str, float]:
-        return {
-            "retry_after_s": self.retry_after_s,
-            "header_timeout_s": self.header_timeout_s,
-            "max_connections": self.max_connections,
-        }
-
-    @property
     def image_limits(self) -> dict[str, int | float]:
         return {
             "max_bytes": self.max_image_bytes,

@@ -1,13 +1,5 @@
-"""One thread for all of the model worker's torch work: loading the models and every `draw`.
-
-Why (docs/PERFORMANCE.md, "The serving overhead on CPU"): torch's CPU kernels run on OpenMP, and libgomp gives every
-thread that opens a parallel region a team of its own worker threads. The model worker loaded the models on its main
-thread (one team) and BentoML ran each `draw` on an AnyIO worker thread (a second team, a third when two calls
-overlap). Once a process holds more OpenMP threads than there are cores, libgomp stops spinning between parallel
-regions (its "throttled" spin count, 100 iterations instead of ~300,000) and its threads sleep on a futex after every
-operator and are woken for the next one: ~14,000 context switches a second, 0.9 cores busy instead of 2, and the
-tiny pipeline's diffusion took 1.3-1.6x as long as the same call in a process with one team. One thread keeps one
-team, so the worker waits between operators the way a plain Python process does.
+"""One thread for all of the model worker's torch work: loading the models and every `draw`, so the process holds
+one OpenMP team (why: docs/DESIGN.md, "One torch thread").
 
 `runs_here` keeps `draw` a sync API: BentoML still calls it on an AnyIO thread (and waits for it when the request is
 cancelled, as before); that thread only hands the call over and waits.

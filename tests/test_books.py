@@ -165,6 +165,17 @@ def test_a_bad_book_is_refused_at_submit_naming_the_field(served, change, locati
     assert any(d["loc"][: len(location)] == location for d in answer.json()["detail"]), answer.json()
 
 
+def test_a_bad_and_a_refused_book_name_the_field_the_same_way(served):
+    """A 400's `detail[].field` and a 422's `field` are one string form: `pages[3].prompt`, `pages[2].text`."""
+    bad = submit(served, book(pages=PAGES[:3] + [{"text": "fine", "prompt": ""}]))
+    assert bad.status_code == 400, bad.text
+    [detail] = bad.json()["detail"]
+    assert detail["loc"] == ["pages", 3, "prompt"] and detail["field"] == "pages[3].prompt", detail
+    refused = submit(served, book(pages=PAGES[:2] + [{"text": "a nude fox"}]))
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["field"] == "pages[2].text" and refused.json()["kind"] == "content_refused"
+
+
 def test_two_books_share_diffusion_calls(served):
     """Pages of different books go through the one batcher. On a CPU a batch costs as much as its pages one by one,
     so BentoML's batcher rightly does not wait for company when the model is free: hold the model busy with a long

@@ -134,6 +134,22 @@ def test_a_picture_whose_data_stops_early_is_400_naming_it(hardened, change, loc
     assert detail["loc"] == loc and "truncated" in detail["msg"], detail
 
 
+def field_string(loc) -> str:
+    """["pages", 3, "prompt"] -> "pages[3].prompt", written out here as a client would."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+def test_every_400_names_its_field_as_one_string_beside_loc(hardened):
+    """BentoML's own schema 400s (and the pictures' 400s, answered the same way) carry `field` as well as `loc`."""
+    url, _ = hardened
+    for what, body, _, field in BAD_REQUESTS:
+        details = post(url, body).json()["detail"]
+        assert all(detail["field"] == field_string(detail["loc"]) for detail in details), (what, details)
+        assert any(detail["field"].split("[")[0].split(".")[0] == field for detail in details), (what, details)
+    [character] = post(url, good(characters=[""])).json()["detail"]
+    assert character["loc"] == ["characters", 0] and character["field"] == "characters[0]"
+
+
 def test_the_next_good_request_succeeds_after_every_bad_one(hardened):
     url, _ = hardened
     for _, body, _, _ in BAD_REQUESTS:
@@ -407,6 +423,25 @@ def test_other_decisive_headers_sent_twice_are_refused(hardened, headers):
     )
     assert status_of(answer) == 400, answer[:300]
     assert b"Invalid HTTP request" in answer or b'"loc": ["header"' in answer, answer[-300:]
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [[("Content-Length", "2"), ("Content-Length", "300")], [("Transfer-Encoding", "chunked")] * 2],
+    ids=["lengths-differ", "chunked-twice"],
+)
+def test_h11_itself_refuses_ambiguous_framing_before_any_guard(hardened, framing):
+    """The guards no longer check these two (serving/guards.py): the HTTP parser, h11, refuses them over a real
+    TCP connection, before the application sees the request. (httptools is kept out: tests/test_framework.py.)"""
+    url, _ = hardened
+    body = b"2\r\n{}\r\n0\r\n\r\n" if framing[0][0] == "Transfer-Encoding" else b"{}"
+    headers = [AUTH_HEADER, *framing, ("Content-Type", "application/json")]
+    answer = raw_http(request_bytes("/generate", headers, body), port=int(url.rsplit(":", 1)[1]))
+    assert status_of(answer) == 400 and b"Invalid HTTP request" in answer, answer[:300]
+    once = [AUTH_HEADER, framing[0], ("Content-Type", "application/json")]  # framed once: it reaches the API
+    answer = raw_http(request_bytes("/generate", once, body), port=int(url.rsplit(":", 1)[1]))
+    assert status_of(answer) == 400, answer[:300]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["detail"][0]["field"] == "prompt", answer[-300:]
 
 
 def test_the_bearer_scheme_is_case_insensitive(hardened):

@@ -148,7 +148,11 @@ PEAK_MEMORY_OF_SIXTEEN_DECODES = """
 import base64, io, sys
 from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
+from serving import framework
 from serving.images import decode_image
+from serving.settings import serving_settings
+
+framework.install(serving_settings)  # as service.py does: Pillow's block cache is one of its patches
 
 def peak_kib():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])

@@ -21,7 +21,6 @@ import requests
 
 from pipeline import PageRequest
 from pipeline.generator import HUNG_UP
-from serving.batching import check_private_api
 from testkit.pictures import picture, png_b64, png_from_b64
 from testkit.server import bentoml_serve, free_port, model_worker
 
@@ -218,10 +217,3 @@ def test_sigterm_refuses_new_work_with_503_and_finishes_what_is_in_flight(served
     png_from_b64(drawn.json()["img"])
     assert process.wait(60) == 0
     assert "SIGTERM: draining 1 request(s) in flight" in log.read_text(errors="replace")
-
-
-def test_private_apis_keep_their_shape():
-    check_private_api()
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    assert callable(H11Protocol.connection_made)

@@ -46,7 +46,7 @@ def test_loopback_without_a_key_is_not_warned(tmp_path, bentoml_home):
         # The checker is on by default: one value on /metrics, and it says so (the front's own gauge is not shown).
         assert samples(url, "picturebook_safety_checker_enabled") == ["picturebook_safety_checker_enabled 1.0"]
     text = log.read_text(errors="replace")
-    assert "Running startup hook: warn_if_open" in text, "the hook ran, and found nothing to say"
+    assert "Running startup hook: start" in text, "the hook that warns ran, and found nothing to say"
     assert WARNING not in text
 
 

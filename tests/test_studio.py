@@ -304,7 +304,7 @@ def test_refusals_and_failures_are_shown_next_to_their_page(studio: Page, served
 
 class held_admission_slot:
     """A slow `POST /generate` whose body has arrived (admission counts a request once its body is here): it holds
-    the admission slot until its client hangs up, which also stops the page (serving/lifecycle.py)."""
+    the admission slot until its client hangs up, which also stops the page (serving/hangups.py)."""
 
     def __init__(self, url: str):
         self.address = urlparse(url)
