@@ -6,6 +6,12 @@ Lists are UTF-8 text files, one term or phrase per line (see `load_list_file`). 
 terms match: whole words and phrases for languages written with spaces (`en.txt`: "sex" does not refuse "Sussex"),
 substrings for languages written without them (`zh.txt`: "色情" is found inside "色情图片"). A list's `[allow]`
 section names ordinary words that overlap a blocked term ("角色情绪" = "character's mood" contains "色情").
+A term with a Latin letter matches as a whole word in every list, also in a substring list: "tm" in zh.txt must
+not refuse every English word with a "tm" inside.
+
+Besides terms, a list has context rules for words that are innocent alone: `blood + pool of|dripping` refuses a
+sentence where both parts occur ("a pool of blood"), not "three drops of blood fell on the snow". Braces give
+alternatives inside a term (`naked {woman|women}`), and `$name = a|b|c` names a set of alternatives for later lines.
 
 Matching sees through the usual ways of slipping past a list: Unicode compatibility forms (full-width and
 mathematical letters), case, invisible characters, combining marks, Cyrillic/Greek look-alike letters, separators
@@ -18,7 +24,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_BLOCKLIST_DIR = Path(__file__).resolve().parent / "blocklists"
@@ -43,6 +49,12 @@ UNSORTED_CATEGORY = "unsorted"  # terms listed before any [section]
 
 _MATCH_DIRECTIVE = re.compile(r"#!\s*match\s*:\s*(\w+)\s*$")
 _SECTION = re.compile(r"\[\s*([\w-]+)\s*\]$")
+_SET_DEFINITION = re.compile(r"\$(\w+)\s*=\s*(.+)$")
+_SET_REFERENCE = re.compile(r"\$(\w+)")
+_RULE_JOIN = " + "  # between the parts of a context rule
+_MAX_EXPANSIONS = 5000  # one line's terms after its braces are expanded: a typo must not build millions
+# A context rule's parts must occur in the same sentence; prompts are mostly one sentence of comma-joined phrases.
+_SENTENCE_END = re.compile(r"[!?;\n\u3002\uff01\uff1f\uff1b\u2026]+|\.(?=\s|$)")
 
 # Scripts written without spaces: each character is a word of its own for whole-word matching, so an English
 # term glued to Chinese text ("画一个nude的人") is still a whole word.
@@ -143,7 +155,9 @@ class ListFile:
 
     path: Path
     substring: bool  # how its terms match: anywhere (True) or as whole words and phrases (False)
-    terms: dict[str, list[str]]  # category -> terms as written; ALLOW_SECTION holds the exceptions
+    terms: dict[str, list[str]]  # category -> terms, braces expanded; ALLOW_SECTION holds the exceptions
+    # category -> context rules; a rule is its parts, a part its alternatives (braces expanded)
+    rules: dict[str, list[tuple[tuple[str, ...], ...]]] = field(default_factory=dict)
 
 
 def normalise(text: str) -> str:
@@ -267,9 +281,9 @@ class _Matcher:
             found = table.get(key[:-1])
         return found
 
-    def find(self, units: tuple[str, ...] | str) -> Refusal | None:
-        """The first blocked term in `units` that no allowed term overlaps."""
-        hits: list[tuple[int, int, Refusal]] = []
+    def _scan(self, units: tuple[str, ...] | str) -> list[tuple[int, int, str, Refusal]]:
+        """Every blocked term in `units` that no allowed term overlaps: (start, end, key, refusal), in order."""
+        hits: list[tuple[int, int, str, Refusal]] = []
         allowed_spans: list[tuple[int, int]] = []
         count = len(units)
         firsts = self.first_units
@@ -284,14 +298,51 @@ class _Matcher:
                 key = units[start:end] if isinstance(units, str) else self.joiner.join(units[start:end])
                 refusal = self._lookup(key, self.blocked)
                 if refusal is not None:
-                    hits.append((start, end, refusal))
+                    hits.append((start, end, key, refusal))
                 if self.allowed and self._lookup(key, self.allowed) is not None:
                     allowed_spans.append((start, end))
-        for start, end, refusal in hits:
-            # An allowed word overlapping the hit means the hit straddles two ordinary words ("角色|情绪").
-            if not any(a_start < end and start < a_end for a_start, a_end in allowed_spans):
-                return refusal
-        return None
+        # An allowed word overlapping the hit means the hit straddles two ordinary words ("角色|情绪").
+        return [hit for hit in hits if not any(a_start < hit[1] and hit[0] < a_end for a_start, a_end in allowed_spans)]
+
+    def find(self, units: tuple[str, ...] | str) -> Refusal | None:
+        """The first blocked term in `units` that no allowed term overlaps."""
+        hits = self._scan(units)
+        return hits[0][3] if hits else None
+
+    def find_all(self, units: tuple[str, ...] | str) -> set[str]:
+        """The table keys of every blocked term in `units` that no allowed term overlaps."""
+        return {refusal.term for _, _, _, refusal in self._scan(units)}
+
+
+def _expand(text: str) -> list[str]:
+    """`a {b|c} d` -> `a b d`, `a c d`; braces nest, `{|s}` is an optional ending; a `|` outside braces too."""
+
+    def alternatives(at: int, depth: int) -> tuple[list[str], int]:
+        found: list[str] = []
+        current = [""]
+        while at < len(text):
+            char = text[at]
+            at += 1
+            if char == "{":
+                inner, at = alternatives(at, depth + 1)
+                current = [prefix + option for prefix in current for option in inner]
+                if len(current) > _MAX_EXPANSIONS:
+                    raise ValueError(f"{text!r} expands to more than {_MAX_EXPANSIONS} terms")
+            elif char == "|":
+                found.extend(current)
+                current = [""]
+            elif char == "}":
+                if depth == 0:
+                    raise ValueError(f"unbalanced '}}' in {text!r}")
+                return found + current, at
+            else:
+                current = [prefix + char for prefix in current]
+        if depth:
+            raise ValueError(f"unbalanced '{{' in {text!r}")
+        return found + current, at
+
+    options = [" ".join(option.split()) for option in alternatives(0, 0)[0]]
+    return list(dict.fromkeys(option for option in options if option))
 
 
 def load_list_file(path: Path) -> ListFile:
@@ -302,6 +353,10 @@ def load_list_file(path: Path) -> ListFile:
     exceptions. How the file matches comes from its name: the language code before the first `.`, `-` or `_`
     (`zh.txt`, `zh-hant.txt`, `ja_extra.txt`) is looked up in SUBSTRING_LANGUAGES. A line `#!match: substring` or
     `#!match: word` anywhere in the file overrides that.
+
+    Within a line, `{a|b}` gives alternatives (`naked {woman|women}`, `slit{|s|ting}`), and `$name` stands for a
+    set defined earlier in the file by a line `$name = a|b|c`. A line with ` + ` between parts is a context rule:
+    it refuses a sentence in which every part occurs (`blood + pool of|dripping`).
     """
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
@@ -310,7 +365,19 @@ def load_list_file(path: Path) -> ListFile:
     language = re.split(r"[._-]", path.name, maxsplit=1)[0].lower()
     substring = language in SUBSTRING_LANGUAGES
     terms: dict[str, list[str]] = {}
+    rules: dict[str, list[tuple[tuple[str, ...], ...]]] = {}
+    sets: dict[str, str] = {}
     category = UNSORTED_CATEGORY
+
+    def resolve(text: str, number: int) -> str:
+        def replace(reference: re.Match[str]) -> str:
+            name = reference.group(1)
+            if name not in sets:
+                raise ValueError(f"{path}:{number}: ${name} is used before a line '${name} = ...' defines it")
+            return "{" + sets[name] + "}"
+
+        return _SET_REFERENCE.sub(replace, text)
+
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
         directive = _MATCH_DIRECTIVE.match(line)
@@ -326,30 +393,98 @@ def load_list_file(path: Path) -> ListFile:
         if section:
             category = section.group(1).lower()
             continue
-        terms.setdefault(category, []).append(line)
-    return ListFile(path=path, substring=substring, terms=terms)
+        definition = _SET_DEFINITION.match(line)
+        try:
+            if definition:
+                sets[definition.group(1)] = resolve(definition.group(2).strip(), number)
+                _expand(sets[definition.group(1)])  # a bad set fails on its own line
+            elif _RULE_JOIN in line:
+                if category == ALLOW_SECTION:
+                    raise ValueError("a context rule cannot be an [allow] entry")
+                parts = tuple(tuple(_expand(resolve(part.strip(), number))) for part in line.split(_RULE_JOIN))
+                if len(parts) < 2 or not all(parts):
+                    raise ValueError("a context rule needs two or more parts, none empty")
+                rules.setdefault(category, []).append(parts)
+            else:
+                terms.setdefault(category, []).extend(_expand(resolve(line, number)))
+        except ValueError as error:
+            if str(error).startswith(str(path)):
+                raise
+            raise ValueError(f"{path}:{number}: {error}") from error
+    return ListFile(path=path, substring=substring, terms=terms, rules=rules)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    category: str
+    parts: tuple[frozenset[str], ...]  # each part: the matcher keys of its alternatives
+    source: str
 
 
 class PromptFilter:
-    """Checks user text against word and phrase lists; built once at start-up, then shared (it is read-only)."""
+    """Checks user text against word and phrase lists; built once at start-up, then shared (it is read-only).
 
-    def __init__(self, lists: Iterable[ListFile]) -> None:
+    `off` names categories (list sections) to leave out, e.g. {"profanity"}; naming one that no list has is an
+    error, so a typo is not taken for a category switched off.
+    """
+
+    def __init__(self, lists: Iterable[ListFile], off: Iterable[str] = ()) -> None:
         self._words = _Matcher(" ", plural_s=True)
         self._substrings = _Matcher("", plural_s=False)
+        # Context rules: the terms of every rule part, each found anywhere in a sentence, then the rules checked.
+        self._rule_words = _Matcher(" ", plural_s=True)
+        self._rule_substrings = _Matcher("", plural_s=False)
+        self._rules: list[_Rule] = []
         self.sources: list[Path] = []
+        self.off = frozenset(category.strip().lower() for category in off if category.strip())
+        lists = list(lists)
+        known = {category for list_file in lists for category in (*list_file.terms, *list_file.rules)}
+        unknown = self.off - known - {ALLOW_SECTION}
+        if unknown or ALLOW_SECTION in self.off:
+            raise ValueError(
+                f"blocklist categories to switch off are not in the lists: {sorted(unknown or {ALLOW_SECTION})} "
+                f"(the categories are {sorted(known - {ALLOW_SECTION})})"
+            )
+        self.categories = frozenset(known - {ALLOW_SECTION} - self.off)
         for list_file in lists:
             self.sources.append(list_file.path)
+            name = list_file.path.name
             for category, terms in list_file.terms.items():
+                if category in self.off:
+                    continue
                 for term in terms:
-                    text = normalise(term)
-                    if list_file.substring:
-                        self._substrings.add(_squeezed(text), category, list_file.path.name)
-                    else:
-                        words = [w.group() for w in _PLAIN_WORD.finditer(text)]
-                        self._words.add(words, category, list_file.path.name)
+                    matcher, units = self._units(term, list_file.substring, self._words, self._substrings)
+                    matcher.add(units, category, name)
+                    if category == ALLOW_SECTION:  # an exception also holds for the rules' terms
+                        other = self._rule_words if matcher is self._words else self._rule_substrings
+                        other.add(units, category, name)
+            for category, rules in list_file.rules.items():
+                if category in self.off:
+                    continue
+                for parts in rules:
+                    keys = []
+                    for alternatives in parts:
+                        part = set()
+                        for term in alternatives:
+                            matcher, units = self._units(
+                                term, list_file.substring, self._rule_words, self._rule_substrings
+                            )
+                            matcher.add(units, category, name)
+                            part.add(matcher.joiner.join(units))
+                        keys.append(frozenset(part))
+                    self._rules.append(_Rule(category=category, parts=tuple(keys), source=name))
+
+    @staticmethod
+    def _units(term: str, substring: bool, words: _Matcher, substrings: _Matcher) -> tuple[_Matcher, list[str] | str]:
+        """Where a term goes and what it is made of. A term with a Latin letter matches as words in every list:
+        a substring list's "tm" must not refuse "atmosphere"."""
+        text = normalise(term)
+        if substring and not _ASCII_LETTER.search(text):
+            return substrings, _squeezed(text)
+        return words, [w.group() for w in _PLAIN_WORD.finditer(text)]
 
     @classmethod
-    def from_dirs(cls, directories: Iterable[str | Path | None]) -> PromptFilter:
+    def from_dirs(cls, directories: Iterable[str | Path | None], off: Iterable[str] = ()) -> PromptFilter:
         """A filter from every `*.txt` in the given directories, in order; None or "" entries are skipped.
 
         A directory that does not exist is an error: a mistyped operator path must not quietly filter less.
@@ -362,12 +497,12 @@ class PromptFilter:
             if not directory.is_dir():
                 raise FileNotFoundError(f"blocklist directory {directory} does not exist")
             files.extend(load_list_file(path) for path in sorted(directory.glob("*.txt")))
-        return cls(files)
+        return cls(files, off=off)
 
     @classmethod
-    def default(cls, extra_dir: str | Path | None = None) -> PromptFilter:
-        """The repository's lists, plus the operator's directory when one is given."""
-        return cls.from_dirs([DEFAULT_BLOCKLIST_DIR, extra_dir])
+    def default(cls, extra_dir: str | Path | None = None, off: Iterable[str] = ()) -> PromptFilter:
+        """The repository's lists, plus the operator's directory when one is given, less the categories `off`."""
+        return cls.from_dirs([DEFAULT_BLOCKLIST_DIR, extra_dir], off=off)
 
     def check(self, text: str) -> Refusal | None:
         """Why `text` is refused, or None when it may be drawn."""
@@ -380,16 +515,41 @@ class PromptFilter:
                 if refusal is not None:
                     return refusal
         if self._substrings:
-            return self._substrings.find(_squeezed(normalised))
+            refusal = self._substrings.find(_squeezed(normalised))
+            if refusal is not None:
+                return refusal
+        if self._rules:
+            for sentence in _SENTENCE_END.split(normalised):
+                refusal = self._check_rules(sentence)
+                if refusal is not None:
+                    return refusal
+        return None
+
+    def _check_rules(self, sentence: str) -> Refusal | None:
+        if not sentence.strip():
+            return None
+        found: set[str] = set()
+        if self._rule_words:
+            for reading in _word_readings(sentence):
+                found |= self._rule_words.find_all(reading)
+        if self._rule_substrings:
+            found |= self._rule_substrings.find_all(_squeezed(sentence))
+        if not found:
+            return None
+        for rule in self._rules:
+            hits = [part & found for part in rule.parts]
+            if all(hits):
+                term = _RULE_JOIN.join(min(hit) for hit in hits)  # what matched, for the log: "blood + pool of"
+                return Refusal(category=rule.category, term=term, source=rule.source)
         return None
 
     def first_refusal(self, fields: Iterable[tuple[str, str | None]]) -> tuple[str, Refusal] | None:
         """The first (field name, refusal) among `(field, text)` pairs, e.g. `("pages[2].text", ...)`; or None."""
-        for field, text in fields:
+        for field_name, text in fields:
             if text:
                 refusal = self.check(text)
                 if refusal is not None:
-                    return field, refusal
+                    return field_name, refusal
         return None
 
 
