@@ -435,6 +435,7 @@ class PromptFilter:
         self._rule_words = _Matcher(" ", plural_s=True)
         self._rule_substrings = _Matcher("", plural_s=False)
         self._rules: list[_Rule] = []
+        self._symbols: dict[str, Refusal] = {}  # terms of no letters or digits (🖕): found as they are
         self.sources: list[Path] = []
         self.off = frozenset(category.strip().lower() for category in off if category.strip())
         lists = list(lists)
@@ -454,6 +455,11 @@ class PromptFilter:
                     continue
                 for term in terms:
                     matcher, units = self._units(term, list_file.substring, self._words, self._substrings)
+                    if not units:
+                        if category != ALLOW_SECTION:
+                            key = normalise(term).strip()
+                            self._symbols.setdefault(key, Refusal(category=category, term=key, source=name))
+                        continue
                     matcher.add(units, category, name)
                     if category == ALLOW_SECTION:  # an exception also holds for the rules' terms
                         other = self._rule_words if matcher is self._words else self._rule_substrings
@@ -509,6 +515,9 @@ class PromptFilter:
         if not text:
             return None
         normalised = normalise(text)
+        for symbol, refusal in self._symbols.items():
+            if symbol in normalised:
+                return refusal
         if self._words:
             for reading in _word_readings(normalised):
                 refusal = self._words.find(reading)
