@@ -301,8 +301,18 @@ class _Matcher:
                     hits.append((start, end, key, refusal))
                 if self.allowed and self._lookup(key, self.allowed) is not None:
                     allowed_spans.append((start, end))
-        # An allowed word overlapping the hit means the hit straddles two ordinary words ("角色|情绪").
-        return [hit for hit in hits if not any(a_start < hit[1] and hit[0] < a_end for a_start, a_end in allowed_spans)]
+        # An allowed word overlapping the hit means the hit straddles two ordinary words ("角色|情绪"), or lies
+        # inside an ordinary phrase ("oilseed rape"). One inside the hit does not lift it: 黄色 passes, 黄色网站 not.
+        return [
+            hit
+            for hit in hits
+            if not any(
+                a_start < hit[1]
+                and hit[0] < a_end
+                and not (hit[0] <= a_start and a_end <= hit[1] and a_end - a_start < hit[1] - hit[0])
+                for a_start, a_end in allowed_spans
+            )
+        ]
 
     def find(self, units: tuple[str, ...] | str) -> Refusal | None:
         """The first blocked term in `units` that no allowed term overlaps."""
