@@ -52,6 +52,7 @@ _SECTION = re.compile(r"\[\s*([\w-]+)\s*\]$")
 _SET_DEFINITION = re.compile(r"\$(\w+)\s*=\s*(.+)$")
 _SET_REFERENCE = re.compile(r"\$(\w+)")
 _RULE_JOIN = " + "  # between the parts of a context rule
+_RULE_SPLIT = re.compile(r"\s+\+(?=\s|$)\s*")
 _MAX_EXPANSIONS = 5000  # one line's terms after its braces are expanded: a typo must not build millions
 # A context rule's parts must occur in the same sentence; prompts are mostly one sentence of comma-joined phrases.
 _SENTENCE_END = re.compile(r"[!?;\n\u3002\uff01\uff1f\uff1b\u2026]+|\.(?=\s|$)")
@@ -408,10 +409,10 @@ def load_list_file(path: Path) -> ListFile:
             if definition:
                 sets[definition.group(1)] = resolve(definition.group(2).strip(), number)
                 _expand(sets[definition.group(1)])  # a bad set fails on its own line
-            elif _RULE_JOIN in line:
+            elif _RULE_SPLIT.search(line):
                 if category == ALLOW_SECTION:
                     raise ValueError("a context rule cannot be an [allow] entry")
-                parts = tuple(tuple(_expand(resolve(part.strip(), number))) for part in line.split(_RULE_JOIN))
+                parts = tuple(tuple(_expand(resolve(part.strip(), number))) for part in _RULE_SPLIT.split(line))
                 if len(parts) < 2 or not all(parts):
                     raise ValueError("a context rule needs two or more parts, none empty")
                 rules.setdefault(category, []).append(parts)
