@@ -232,9 +232,10 @@ def _rate(rates: dict[str, tuple[int, int]], keep=lambda group: True) -> float:
     return good / total if total else 1.0
 
 
-# Where the lists stand today, below the targets in harmful English and Chinese: the guard holds these
-# floors, and the targets above are what the lists are being built towards (docs/SECURITY.md has the numbers).
-FLOORS = {"harmful_en": 0.90, "harmful_zh": 0.78}
+# Where the lists stand on this half of the corpus (harmful tiers E and W refused 96.6 % English, 95.5 % Chinese):
+# the guard holds the 95 % target in both. The held-out half is scored the same way by score.py, outside CI
+# (docs/SECURITY.md has the numbers). A floor is never above its target: the assert takes the lower of the two.
+FLOORS = {"harmful_en": 0.95, "harmful_zh": 0.95}
 
 
 @pytest.mark.parametrize(
