@@ -26,6 +26,7 @@ import unicodedata
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 DEFAULT_BLOCKLIST_DIR = Path(__file__).resolve().parent / "blocklists"
@@ -291,6 +292,7 @@ class _Matcher:
         self.allowed: set[str] = set()
         self.prefixes: set[str] = set()  # every key and every key's leading units, joined
         self.first_units: set[str] = set()
+        self.starts: set[str] = set()
         self.first_chars: re.Pattern[str] | None = None  # a substring matcher's first units, as one class
 
     def add(self, units: Iterable[str], category: str, source: str, rule: bool = False) -> None:
@@ -310,15 +312,15 @@ class _Matcher:
     def ready(self) -> None:
         """Adds every key's leading units to `prefixes`; called once, after the last `add`."""
         prefixes = set(self.prefixes)
+        joiner = self.joiner
         for key in self.prefixes:
-            if self.joiner:  # words never hold the joiner, so each one in a key ends a prefix
-                at = key.find(self.joiner)
-                while at != -1:
-                    prefixes.add(key[:at])
-                    at = key.find(self.joiner, at + 1)
-            else:
+            if not joiner:
                 prefixes.update(key[:length] for length in range(1, len(key)))
+            elif joiner in key:  # words never hold the joiner, so each one in a key ends a prefix
+                prefixes.update(accumulate(key.split(joiner), lambda head, word: head + joiner + word))
         self.prefixes = prefixes
+        # Where a term may start: a first unit, or with a plural "s" one ("cocks" for "cock ...").
+        self.starts = self.first_units | ({unit + "s" for unit in self.first_units} if self.plural_s else set())
         self.known = set(self.blocked) | self.rule_keys
         if not self.joiner and self.first_units:
             self.first_chars = re.compile("[" + "".join(re.escape(unit) for unit in sorted(self.first_units)) + "]")
@@ -341,7 +343,8 @@ class _Matcher:
         if isinstance(units, str) and self.first_chars is not None:
             candidates = [found.start() for found in self.first_chars.finditer(units)]
         else:
-            candidates = range(count)
+            starts = self.starts
+            candidates = [at for at, unit in enumerate(units) if unit in starts]
         for start in candidates:
             first = units[start]
             if first not in firsts and not (plural_s and first[:-1] in firsts):
