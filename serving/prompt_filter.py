@@ -170,8 +170,12 @@ def normalise(text: str) -> str:
         return text.lower()
     text = unicodedata.normalize("NFKC", text).casefold()
     # Decomposed first, so an accent or strike-through mark comes apart from its letter and can be dropped.
-    text = _INVISIBLE.sub("", unicodedata.normalize("NFKD", text))
-    text = unicodedata.normalize("NFKC", text)
+    # is_normalized is a quick check: Chinese text and plain letters skip both rewrites, and the result is the same.
+    if not unicodedata.is_normalized("NFKD", text):
+        text = unicodedata.normalize("NFKD", text)
+    text = _INVISIBLE.sub("", text)
+    if not unicodedata.is_normalized("NFKC", text):
+        text = unicodedata.normalize("NFKC", text)
     return _LETTERS.sub(_unmask_lookalikes, text) if _ANY_LOOKALIKE.search(text) else text
 
 
