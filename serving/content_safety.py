@@ -18,9 +18,12 @@ log = logging.getLogger("picturebook.safety")
 
 class PromptGate:
     def __init__(self, settings: ServingSettings):
-        self.filter = PromptFilter.default(settings.blocklist_dir) if settings.prompt_filter else None
+        off = settings.blocklist_off
+        self.filter = PromptFilter.default(settings.blocklist_dir, off=off) if settings.prompt_filter else None
         if self.filter is None:
             log.warning("the prompt filter is OFF (PICTUREBOOK_PROMPT_FILTER=false): prompts are not checked")
+        elif off:
+            log.warning("blocklist categories switched OFF (PICTUREBOOK_BLOCKLIST_CATEGORIES_OFF): %s", ", ".join(off))
 
     def refusal(self, fields: Iterable[tuple[str, str | None]]) -> JSONResponse | None:
         """A 422 naming the first field (`prompt`, `pages[2].text`) whose text is refused; None when all pass."""

@@ -6,6 +6,12 @@ Lists are UTF-8 text files, one term or phrase per line (see `load_list_file`). 
 terms match: whole words and phrases for languages written with spaces (`en.txt`: "sex" does not refuse "Sussex"),
 substrings for languages written without them (`zh.txt`: "色情" is found inside "色情图片"). A list's `[allow]`
 section names ordinary words that overlap a blocked term ("角色情绪" = "character's mood" contains "色情").
+A term with a Latin letter matches as a whole word in every list, also in a substring list: "tm" in zh.txt must
+not refuse every English word with a "tm" inside.
+
+Besides terms, a list has context rules for words that are innocent alone: `blood + pool of|dripping` refuses a
+sentence where both parts occur ("a pool of blood"), not "three drops of blood fell on the snow". Braces give
+alternatives inside a term (`naked {woman|women}`), and `$name = a|b|c` names a set of alternatives for later lines.
 
 Matching sees through the usual ways of slipping past a list: Unicode compatibility forms (full-width and
 mathematical letters), case, invisible characters, combining marks, Cyrillic/Greek look-alike letters, separators
@@ -17,8 +23,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from bisect import bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 DEFAULT_BLOCKLIST_DIR = Path(__file__).resolve().parent / "blocklists"
@@ -43,6 +51,13 @@ UNSORTED_CATEGORY = "unsorted"  # terms listed before any [section]
 
 _MATCH_DIRECTIVE = re.compile(r"#!\s*match\s*:\s*(\w+)\s*$")
 _SECTION = re.compile(r"\[\s*([\w-]+)\s*\]$")
+_SET_DEFINITION = re.compile(r"\$(\w+)\s*=\s*(.+)$")
+_SET_REFERENCE = re.compile(r"\$(\w+)")
+_RULE_JOIN = " + "  # between the parts of a context rule
+_RULE_SPLIT = re.compile(r"\s+\+(?=\s|$)\s*")
+_MAX_EXPANSIONS = 5000  # one line's terms after its braces are expanded: a typo must not build millions
+# A context rule's parts must occur in the same sentence; prompts are mostly one sentence of comma-joined phrases.
+_SENTENCE_END = re.compile(r"[!?;\n\u3002\uff01\uff1f\uff1b\u2026]+|\.(?=\s|$)")
 
 # Scripts written without spaces: each character is a word of its own for whole-word matching, so an English
 # term glued to Chinese text ("画一个nude的人") is still a whole word.
@@ -98,6 +113,7 @@ _LOOKALIKE_TABLE = str.maketrans(
     "aeehiijklopqsyxdwcabenikvoptuxi",
 )
 _LOOKALIKES = frozenset(chr(code) for code in _LOOKALIKE_TABLE)
+_ANY_LOOKALIKE = re.compile("[" + "".join(sorted(_LOOKALIKES)) + "]")
 
 # Digits for letters, used only inside a word that has a Latin letter: "character 1" keeps its "1", "s3x" does not
 # keep its "3". "1" and "|" read as "i" or "l"; both readings are tried.
@@ -143,16 +159,24 @@ class ListFile:
 
     path: Path
     substring: bool  # how its terms match: anywhere (True) or as whole words and phrases (False)
-    terms: dict[str, list[str]]  # category -> terms as written; ALLOW_SECTION holds the exceptions
+    terms: dict[str, list[str]]  # category -> terms, braces expanded; ALLOW_SECTION holds the exceptions
+    # category -> context rules; a rule is its parts, a part its alternatives (braces expanded)
+    rules: dict[str, list[tuple[tuple[str, ...], ...]]] = field(default_factory=dict)
 
 
 def normalise(text: str) -> str:
     """The text as the matcher reads it: compatibility forms folded, lower case, invisible characters removed."""
+    if text.isascii():  # nothing to fold, drop or swap in ASCII: the steps below would give lower() exactly
+        return text.lower()
     text = unicodedata.normalize("NFKC", text).casefold()
     # Decomposed first, so an accent or strike-through mark comes apart from its letter and can be dropped.
-    text = _INVISIBLE.sub("", unicodedata.normalize("NFKD", text))
-    text = unicodedata.normalize("NFKC", text)
-    return _LETTERS.sub(_unmask_lookalikes, text)
+    # is_normalized is a quick check: Chinese text and plain letters skip both rewrites, and the result is the same.
+    if not unicodedata.is_normalized("NFKD", text):
+        text = unicodedata.normalize("NFKD", text)
+    text = _INVISIBLE.sub("", text)
+    if not unicodedata.is_normalized("NFKC", text):
+        text = unicodedata.normalize("NFKC", text)
+    return _LETTERS.sub(_unmask_lookalikes, text) if _ANY_LOOKALIKE.search(text) else text
 
 
 def _unmask_lookalikes(word: re.Match[str]) -> str:
@@ -165,27 +189,33 @@ def _unmask_lookalikes(word: re.Match[str]) -> str:
     return swapped if has_latin or all_lookalikes else text
 
 
-def _join_spelled_out(text: str, words: list[re.Match[str]], keep_leading_article: bool) -> list[str]:
-    """The words, with runs of single letters between separators joined: "n.u.d.e" -> "nude".
+def _join_spelled_out(text: str, words: list[re.Match[str]], keep_leading_article: bool) -> tuple[list[str], list[int]]:
+    """The words, with runs of single letters between separators joined: "n.u.d.e" -> "nude"; and where in `text`
+    each word starts (context rules place a word in its sentence by it).
 
     `keep_leading_article` leaves a leading "a" or "i" of such a run on its own ("a n u d e" -> "a", "nude"), the
     other reading keeps it ("i n c e s t" -> "incest"); the caller tries both.
     """
     if not _SPELLED_RUN.search(text):
-        return [word.group() for word in words]
+        return [word.group() for word in words], [word.start() for word in words]
     out: list[str] = []
+    starts: list[int] = []
     run: list[str] = []
+    run_starts: list[int] = []
 
     def flush() -> None:
         if len(run) >= _MIN_SPELLED_LETTERS:
             if keep_leading_article and run[0] in ("a", "i") and len(run) > _MIN_SPELLED_LETTERS:
-                out.append(run[0])
-                out.append("".join(run[1:]))
+                out.extend((run[0], "".join(run[1:])))
+                starts.extend((run_starts[0], run_starts[1]))
             else:
                 out.append("".join(run))
+                starts.append(run_starts[0])
         else:
             out.extend(run)
+            starts.extend(run_starts)
         run.clear()
+        run_starts.clear()
 
     previous_end = None
     for word in words:
@@ -194,19 +224,23 @@ def _join_spelled_out(text: str, words: list[re.Match[str]], keep_leading_articl
         gap = text[previous_end : word.start()] if previous_end is not None else ""
         if spellable and run and 1 <= len(gap) <= _MAX_SPELLING_GAP:
             run.append(token)
+            run_starts.append(word.start())
         else:
             flush()
             if spellable:
                 run.append(token)
+                run_starts.append(word.start())
             else:
                 out.append(token)
+                starts.append(word.start())
         previous_end = word.end()
     flush()
-    return out
+    return out, starts
 
 
-def _word_readings(text: str) -> set[tuple[str, ...]]:
-    """Every reading of a normalised text as a sequence of words that the whole-word lists are matched against."""
+def _word_readings(text: str) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Every reading of a normalised text as a sequence of words that the whole-word lists are matched against,
+    each with where its words start in `text` (letters are swapped one for one, so a reading keeps the places)."""
     sources: list[tuple[str, re.Pattern[str], dict[int, str] | None]] = [(text, _PLAIN_WORD, None)]
     if _LEET_CHARS.search(text):
         for one in _ONE_READS_AS:
@@ -215,17 +249,18 @@ def _word_readings(text: str) -> set[tuple[str, ...]]:
                 swapped = pattern.sub(letter, swapped)
             sources.append((swapped, _LEET_WORD, _DIGITS_AS[one]))
 
-    readings: set[tuple[str, ...]] = set()
+    readings: dict[tuple[str, ...], tuple[int, ...]] = {}
     for source, word_pattern, digits in sources:
         words = list(word_pattern.finditer(source))
         for keep_article in (False, True) if _SPELLED_AFTER_ARTICLE.search(source) else (False,):
-            tokens = _join_spelled_out(source, words, keep_article)
+            tokens, starts = _join_spelled_out(source, words, keep_article)
             if digits is not None:
                 tokens = [t.translate(digits) if _ASCII_LETTER.search(t) else t for t in tokens]
-            readings.add(tuple(tokens))
-            if any(_STRETCHED.search(t) for t in tokens):
-                readings.add(tuple(_STRETCHED.sub(r"\1", t) for t in tokens))
-                readings.add(tuple(_STRETCHED.sub(r"\1\1", t) for t in tokens))
+            places = tuple(starts)
+            readings.setdefault(tuple(tokens), places)
+            if _STRETCHED.search(" ".join(tokens)):  # a space is no letter: no run crosses two words
+                readings.setdefault(tuple(_STRETCHED.sub(r"\1", t) for t in tokens), places)
+                readings.setdefault(tuple(_STRETCHED.sub(r"\1\1", t) for t in tokens), places)
     return readings
 
 
@@ -234,64 +269,161 @@ def _squeezed(text: str) -> str:
     return _NOT_WORD.sub("", text)
 
 
+_KEPT = re.compile(r"[^\W_]+")
+
+
+def _squeezed_places(text: str) -> list[int]:
+    """Where in `text` each character of `_squeezed(text)` is."""
+    places: list[int] = []
+    for run in _KEPT.finditer(text):
+        places.extend(range(run.start(), run.end()))
+    return places
+
+
 class _Matcher:
-    """Finds list terms in a sequence of units: words (whole-word lists) or characters (substring lists)."""
+    """Finds list terms in a sequence of units: words (whole-word lists) or characters (substring lists).
+
+    Terms are kept as a table of joined keys and the set of their prefixes, so a scan walks forward from each place
+    only while what it has read so far begins some term: most places are ruled out by one set lookup.
+    """
 
     def __init__(self, joiner: str, plural_s: bool) -> None:
         self.joiner = joiner
         self.plural_s = plural_s
-        self.blocked: dict[str, Refusal] = {}
-        self.allowed: dict[str, str] = {}
-        self.lengths: list[int] = []
-        self.first_units: set[str] = set()  # most positions start no term: one set lookup rules them out
+        self.blocked: dict[str, tuple[str, str]] = {}  # key -> (category, source); a Refusal is made on a hit
+        self.rule_keys: set[str] = set()  # the terms of context rules' parts: a hit is not a refusal by itself
+        self.known: set[str] = set()  # blocked and rule keys, what a scan looks for
+        self.allowed: set[str] = set()
+        self.prefixes: set[str] = set()  # every key and every key's leading units, joined
+        self.first_units: set[str] = set()
+        self.starts: set[str] = set()
+        self.first_chars: re.Pattern[str] | None = None  # a substring matcher's first units, as one class
 
-    def add(self, units: Iterable[str], category: str, source: str) -> None:
+    def add(self, units: Iterable[str], category: str, source: str, rule: bool = False) -> None:
         units = tuple(units)
         if not units:
             return
         key = self.joiner.join(units)
-        self.first_units.add(units[0])
         if category == ALLOW_SECTION:
-            self.allowed[key] = key
-        else:
-            self.blocked.setdefault(key, Refusal(category=category, term=key, source=source))
-        if len(units) not in self.lengths:
-            self.lengths = sorted({*self.lengths, len(units)})
+            self.allowed.add(key)
+        elif rule:
+            self.rule_keys.add(key)
+        elif key not in self.blocked:
+            self.blocked[key] = (category, source)
+        self.first_units.add(units[0])
+        self.prefixes.add(key)
+
+    def ready(self) -> None:
+        """Adds every key's leading units to `prefixes`; called once, after the last `add`."""
+        prefixes = set(self.prefixes)
+        joiner = self.joiner
+        for key in self.prefixes:
+            if not joiner:
+                prefixes.update(key[:length] for length in range(1, len(key)))
+            elif joiner in key:  # words never hold the joiner, so each one in a key ends a prefix
+                prefixes.update(accumulate(key.split(joiner), lambda head, word: head + joiner + word))
+        self.prefixes = prefixes
+        # Where a term may start: a first unit, or with a plural "s" one ("cocks" for "cock ...").
+        self.starts = self.first_units | ({unit + "s" for unit in self.first_units} if self.plural_s else set())
+        self.known = set(self.blocked) | self.rule_keys
+        if not self.joiner and self.first_units:
+            self.first_chars = re.compile("[" + "".join(re.escape(unit) for unit in sorted(self.first_units)) + "]")
 
     def __bool__(self) -> bool:
-        return bool(self.blocked)
+        return bool(self.blocked or self.rule_keys)
 
-    def _lookup(self, key: str, table: dict):
-        found = table.get(key)
-        if found is None and self.plural_s and len(key) > 3 and key.endswith("s"):
-            found = table.get(key[:-1])
-        return found
-
-    def find(self, units: tuple[str, ...] | str) -> Refusal | None:
-        """The first blocked term in `units` that no allowed term overlaps."""
-        hits: list[tuple[int, int, Refusal]] = []
+    def scan(self, units: tuple[str, ...] | str) -> list[tuple[int, int, str]]:
+        """Every blocked or rule term in `units` that no allowed term overlaps: (start, end, key), by start, longest
+        first at one start ("sexy girl" is logged as minors, not sexual)."""
+        hits: list[tuple[int, int, str]] = []
         allowed_spans: list[tuple[int, int]] = []
         count = len(units)
         firsts = self.first_units
-        for start in range(count):
+        prefixes = self.prefixes
+        blocked = self.known
+        allowed = self.allowed
+        plural_s = self.plural_s
+        joiner = self.joiner
+        if isinstance(units, str) and self.first_chars is not None:
+            candidates = [found.start() for found in self.first_chars.finditer(units)]
+        else:
+            starts = self.starts
+            candidates = [at for at, unit in enumerate(units) if unit in starts]
+        for start in candidates:
             first = units[start]
-            if first not in firsts and not (self.plural_s and first[:-1] in firsts):
+            if first not in firsts and not (plural_s and first[:-1] in firsts):
                 continue
-            for length in reversed(self.lengths):  # longest first: "sexy girl" is logged as minors, not sexual
-                end = start + length
-                if end > count:
-                    continue
-                key = units[start:end] if isinstance(units, str) else self.joiner.join(units[start:end])
-                refusal = self._lookup(key, self.blocked)
-                if refusal is not None:
-                    hits.append((start, end, refusal))
-                if self.allowed and self._lookup(key, self.allowed) is not None:
+            here: list[tuple[int, int, str]] = []
+            key = ""
+            for end in range(start + 1, count + 1):
+                key = key + joiner + units[end - 1] if end > start + 1 else units[start]
+                found = key if key in blocked else None
+                single = key[:-1] if plural_s and len(key) > 3 and key.endswith("s") else None
+                if found is None and single is not None and single in blocked:
+                    found = single
+                if found is not None:
+                    here.append((start, end, found))
+                if allowed and (key in allowed or (single is not None and single in allowed)):
                     allowed_spans.append((start, end))
-        for start, end, refusal in hits:
-            # An allowed word overlapping the hit means the hit straddles two ordinary words ("角色|情绪").
-            if not any(a_start < end and start < a_end for a_start, a_end in allowed_spans):
-                return refusal
+                if key not in prefixes:
+                    break
+            hits.extend(reversed(here))
+        if not allowed_spans:
+            return hits
+        # An allowed word overlapping the hit means the hit straddles two ordinary words ("角色|情绪"), or lies
+        # inside an ordinary phrase ("oilseed rape"). One inside the hit does not lift it: 黄色 passes, 黄色网站 not.
+        return [
+            hit
+            for hit in hits
+            if not any(
+                a_start < hit[1]
+                and hit[0] < a_end
+                and not (hit[0] <= a_start and a_end <= hit[1] and a_end - a_start < hit[1] - hit[0])
+                for a_start, a_end in allowed_spans
+            )
+        ]
+
+    def refusal(self, key: str) -> Refusal:
+        category, source = self.blocked[key]
+        return Refusal(category=category, term=key, source=source)
+
+    def first_blocked(self, hits: list[tuple[int, int, str]]) -> Refusal | None:
+        """The refusal for the first of a scan's hits that is a blocked term, not only a rule's part."""
+        for _, _, key in hits:
+            if key in self.blocked:
+                return self.refusal(key)
         return None
+
+
+def _expand(text: str) -> list[str]:
+    """`a {b|c} d` -> `a b d`, `a c d`; braces nest, `{|s}` is an optional ending; a `|` outside braces too."""
+
+    def alternatives(at: int, depth: int) -> tuple[list[str], int]:
+        found: list[str] = []
+        current = [""]
+        while at < len(text):
+            char = text[at]
+            at += 1
+            if char == "{":
+                inner, at = alternatives(at, depth + 1)
+                current = [prefix + option for prefix in current for option in inner]
+                if len(current) > _MAX_EXPANSIONS:
+                    raise ValueError(f"{text!r} expands to more than {_MAX_EXPANSIONS} terms")
+            elif char == "|":
+                found.extend(current)
+                current = [""]
+            elif char == "}":
+                if depth == 0:
+                    raise ValueError(f"unbalanced '}}' in {text!r}")
+                return found + current, at
+            else:
+                current = [prefix + char for prefix in current]
+        if depth:
+            raise ValueError(f"unbalanced '{{' in {text!r}")
+        return found + current, at
+
+    options = [" ".join(option.split()) for option in alternatives(0, 0)[0]]
+    return list(dict.fromkeys(option for option in options if option))
 
 
 def load_list_file(path: Path) -> ListFile:
@@ -302,6 +434,10 @@ def load_list_file(path: Path) -> ListFile:
     exceptions. How the file matches comes from its name: the language code before the first `.`, `-` or `_`
     (`zh.txt`, `zh-hant.txt`, `ja_extra.txt`) is looked up in SUBSTRING_LANGUAGES. A line `#!match: substring` or
     `#!match: word` anywhere in the file overrides that.
+
+    Within a line, `{a|b}` gives alternatives (`naked {woman|women}`, `slit{|s|ting}`), and `$name` stands for a
+    set defined earlier in the file by a line `$name = a|b|c`. A line with ` + ` between parts is a context rule:
+    it refuses a sentence in which every part occurs (`blood + pool of|dripping`).
     """
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
@@ -310,7 +446,19 @@ def load_list_file(path: Path) -> ListFile:
     language = re.split(r"[._-]", path.name, maxsplit=1)[0].lower()
     substring = language in SUBSTRING_LANGUAGES
     terms: dict[str, list[str]] = {}
+    rules: dict[str, list[tuple[tuple[str, ...], ...]]] = {}
+    sets: dict[str, str] = {}
     category = UNSORTED_CATEGORY
+
+    def resolve(text: str, number: int) -> str:
+        def replace(reference: re.Match[str]) -> str:
+            name = reference.group(1)
+            if name not in sets:
+                raise ValueError(f"{path}:{number}: ${name} is used before a line '${name} = ...' defines it")
+            return "{" + sets[name] + "}"
+
+        return _SET_REFERENCE.sub(replace, text)
+
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
         directive = _MATCH_DIRECTIVE.match(line)
@@ -326,30 +474,101 @@ def load_list_file(path: Path) -> ListFile:
         if section:
             category = section.group(1).lower()
             continue
-        terms.setdefault(category, []).append(line)
-    return ListFile(path=path, substring=substring, terms=terms)
+        definition = _SET_DEFINITION.match(line)
+        try:
+            if definition:
+                sets[definition.group(1)] = resolve(definition.group(2).strip(), number)
+                _expand(sets[definition.group(1)])  # a bad set fails on its own line
+            elif _RULE_SPLIT.search(line):
+                if category == ALLOW_SECTION:
+                    raise ValueError("a context rule cannot be an [allow] entry")
+                parts = tuple(tuple(_expand(resolve(part.strip(), number))) for part in _RULE_SPLIT.split(line))
+                if len(parts) < 2 or not all(parts):
+                    raise ValueError("a context rule needs two or more parts, none empty")
+                rules.setdefault(category, []).append(parts)
+            else:
+                terms.setdefault(category, []).extend(_expand(resolve(line, number)))
+        except ValueError as error:
+            if str(error).startswith(str(path)):
+                raise
+            raise ValueError(f"{path}:{number}: {error}") from error
+    return ListFile(path=path, substring=substring, terms=terms, rules=rules)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    category: str
+    parts: tuple[frozenset[str], ...]  # each part: the matcher keys of its alternatives
+    source: str
 
 
 class PromptFilter:
-    """Checks user text against word and phrase lists; built once at start-up, then shared (it is read-only)."""
+    """Checks user text against word and phrase lists; built once at start-up, then shared (it is read-only).
 
-    def __init__(self, lists: Iterable[ListFile]) -> None:
+    `off` names categories (list sections) to leave out, e.g. {"profanity"}; naming one that no list has is an
+    error, so a typo is not taken for a category switched off.
+    """
+
+    def __init__(self, lists: Iterable[ListFile], off: Iterable[str] = ()) -> None:
         self._words = _Matcher(" ", plural_s=True)
         self._substrings = _Matcher("", plural_s=False)
+        # Context rules: the terms of every rule part, each found anywhere in a sentence, then the rules checked.
+        self._rules: list[_Rule] = []
+        self._symbols: dict[str, Refusal] = {}  # terms of no letters or digits (🖕): found as they are
         self.sources: list[Path] = []
+        self.off = frozenset(category.strip().lower() for category in off if category.strip())
+        lists = list(lists)
+        known = {category for list_file in lists for category in (*list_file.terms, *list_file.rules)}
+        unknown = self.off - known - {ALLOW_SECTION}
+        if unknown or ALLOW_SECTION in self.off:
+            raise ValueError(
+                f"blocklist categories to switch off are not in the lists: {sorted(unknown or {ALLOW_SECTION})} "
+                f"(the categories are {sorted(known - {ALLOW_SECTION})})"
+            )
+        self.categories = frozenset(known - {ALLOW_SECTION} - self.off)
         for list_file in lists:
             self.sources.append(list_file.path)
+            name = list_file.path.name
             for category, terms in list_file.terms.items():
+                if category in self.off:
+                    continue
                 for term in terms:
-                    text = normalise(term)
-                    if list_file.substring:
-                        self._substrings.add(_squeezed(text), category, list_file.path.name)
-                    else:
-                        words = [w.group() for w in _PLAIN_WORD.finditer(text)]
-                        self._words.add(words, category, list_file.path.name)
+                    matcher, units = self._units(term, list_file.substring, self._words, self._substrings)
+                    if not units:
+                        if category != ALLOW_SECTION:
+                            key = normalise(term).strip()
+                            self._symbols.setdefault(key, Refusal(category=category, term=key, source=name))
+                        continue
+                    matcher.add(units, category, name)  # an [allow] exception holds for the rules' terms too
+            for category, rules in list_file.rules.items():
+                if category in self.off:
+                    continue
+                for parts in rules:
+                    keys = []
+                    for alternatives in parts:
+                        part = set()
+                        for term in alternatives:
+                            matcher, units = self._units(term, list_file.substring, self._words, self._substrings)
+                            matcher.add(units, category, name, rule=True)
+                            part.add(matcher.joiner.join(units))
+                        keys.append(frozenset(part))
+                    self._rules.append(_Rule(category=category, parts=tuple(keys), source=name))
+        for matcher in (self._words, self._substrings):
+            matcher.ready()
+
+    @staticmethod
+    def _units(term: str, substring: bool, words: _Matcher, substrings: _Matcher) -> tuple[_Matcher, list[str] | str]:
+        """Where a term goes and what it is made of. A term with a Latin letter matches as words in every list:
+        a substring list's "tm" must not refuse "atmosphere"."""
+        text = normalise(term)
+        if substring and not _ASCII_LETTER.search(text):
+            return substrings, _squeezed(text)
+        if text.isascii() and text.replace(" ", "").isalpha():
+            return words, text.split()  # what _PLAIN_WORD gives for plain words, found faster
+        return words, _PLAIN_WORD.findall(text)
 
     @classmethod
-    def from_dirs(cls, directories: Iterable[str | Path | None]) -> PromptFilter:
+    def from_dirs(cls, directories: Iterable[str | Path | None], off: Iterable[str] = ()) -> PromptFilter:
         """A filter from every `*.txt` in the given directories, in order; None or "" entries are skipped.
 
         A directory that does not exist is an error: a mistyped operator path must not quietly filter less.
@@ -362,34 +581,86 @@ class PromptFilter:
             if not directory.is_dir():
                 raise FileNotFoundError(f"blocklist directory {directory} does not exist")
             files.extend(load_list_file(path) for path in sorted(directory.glob("*.txt")))
-        return cls(files)
+        return cls(files, off=off)
 
     @classmethod
-    def default(cls, extra_dir: str | Path | None = None) -> PromptFilter:
-        """The repository's lists, plus the operator's directory when one is given."""
-        return cls.from_dirs([DEFAULT_BLOCKLIST_DIR, extra_dir])
+    def default(cls, extra_dir: str | Path | None = None, off: Iterable[str] = ()) -> PromptFilter:
+        """The repository's lists, plus the operator's directory when one is given, less the categories `off`."""
+        return cls.from_dirs([DEFAULT_BLOCKLIST_DIR, extra_dir], off=off)
 
     def check(self, text: str) -> Refusal | None:
         """Why `text` is refused, or None when it may be drawn."""
         if not text:
             return None
         normalised = normalise(text)
-        if self._words:
-            for reading in _word_readings(normalised):
-                refusal = self._words.find(reading)
-                if refusal is not None:
-                    return refusal
-        if self._substrings:
-            return self._substrings.find(_squeezed(normalised))
+        for symbol, refusal in self._symbols.items():
+            if symbol in normalised:
+                return refusal
+        # One scan of each reading finds the blocked terms and the rules' terms together.
+        readings = _word_readings(normalised) if self._words else {}
+        word_hits = []
+        for reading, starts in readings.items():
+            hits = self._words.scan(reading)
+            refusal = self._words.first_blocked(hits)
+            if refusal is not None:
+                return refusal
+            word_hits.append((starts, hits))
+        squeezed = _squeezed(normalised) if self._substrings else ""
+        substring_hits = self._substrings.scan(squeezed) if squeezed else []
+        refusal = self._substrings.first_blocked(substring_hits)
+        if refusal is not None:
+            return refusal
+        if self._rules:
+            return self._check_rules(normalised, word_hits, substring_hits)
+        return None
+
+    def _check_rules(
+        self,
+        normalised: str,
+        word_hits: list[tuple[tuple[int, ...], list[tuple[int, int, str]]]],
+        substring_hits: list[tuple[int, int, str]],
+    ) -> Refusal | None:
+        """The first context rule whose parts all occur in one sentence. The rules' terms were found once in the
+        whole text; each hit is placed in its sentence by where it starts, and a hit across two sentences is none."""
+        rule_keys_words = self._words.rule_keys
+        rule_keys_substrings = self._substrings.rule_keys
+        word_hits = [(starts, [h for h in hits if h[2] in rule_keys_words]) for starts, hits in word_hits]
+        substring_hits = [hit for hit in substring_hits if hit[2] in rule_keys_substrings]
+        if sum(len(hits) for _, hits in word_hits) + len(substring_hits) < 2:
+            return None  # every rule has two parts or more
+        ends = [separator.start() for separator in _SENTENCE_END.finditer(normalised)]
+        found: dict[int, set[str]] = {}
+
+        def place(first: int, last: int, key: str) -> None:
+            sentence = bisect_right(ends, first)
+            if sentence == bisect_right(ends, last):
+                found.setdefault(sentence, set()).add(key)
+
+        for starts, hits in word_hits:
+            for start, end, key in hits:
+                place(starts[start], starts[end - 1], key)
+        if substring_hits:
+            places = _squeezed_places(normalised)
+            for start, end, key in substring_hits:
+                place(places[start], places[end - 1], key)
+        for sentence in sorted(found):
+            keys = found[sentence]
+            if len(keys) < 2:
+                continue
+            for rule in self._rules:
+                hits = [part & keys for part in rule.parts]
+                if all(hits):
+                    term = _RULE_JOIN.join(min(hit) for hit in hits)  # what matched, for the log: "blood + pool of"
+                    return Refusal(category=rule.category, term=term, source=rule.source)
         return None
 
     def first_refusal(self, fields: Iterable[tuple[str, str | None]]) -> tuple[str, Refusal] | None:
         """The first (field name, refusal) among `(field, text)` pairs, e.g. `("pages[2].text", ...)`; or None."""
-        for field, text in fields:
+        for field_name, text in fields:
             if text:
                 refusal = self.check(text)
                 if refusal is not None:
-                    return field, refusal
+                    return field_name, refusal
         return None
 
 

@@ -69,6 +69,11 @@ class ServingSettings(BaseSettings):
     blocklist_dir: Path | None = Field(
         None, description="A folder of extra blocklist files (`*.txt`) added to serving/blocklists/."
     )
+    blocklist_categories_off: str = Field(
+        "",
+        description="Comma-separated blocklist categories (list sections) to switch off, e.g. 'profanity,violence'; "
+        "a name no list has stops the start.",
+    )
     safe_negative_prompt: str = Field(
         DEFAULT_SAFE_NEGATIVE_PROMPT,
         description="Put in front of every page's negative prompt; empty turns it off.",
@@ -86,6 +91,10 @@ class ServingSettings(BaseSettings):
         description="Tag of a BentoML model holding all model folders "
         "(made by `python -m serving.bento_models import`); the offline alternative to hub downloads for `sdxl`.",
     )
+
+    @property
+    def blocklist_off(self) -> list[str]:
+        return [name.strip() for name in self.blocklist_categories_off.split(",") if name.strip()]
 
     @property
     def image_limits(self) -> dict[str, int | float]:

@@ -77,7 +77,7 @@ def test_every_harmful_prompt_is_refused(default_filter):
 
 def test_a_refusal_names_its_list_entry_for_the_logs_but_the_user_message_does_not(default_filter):
     refusal = default_filter.check("a N.U.D.E model")
-    assert (refusal.category, refusal.term, refusal.source) == ("sexual", "nude", "en.txt")
+    assert (refusal.category, refusal.term, refusal.source) == ("nudity", "nude", "en.txt")
     assert "nude" in str(refusal)
     assert "nude" not in REFUSAL_MESSAGE.lower()
 
@@ -188,11 +188,11 @@ def test_the_operators_directory_adds_terms_and_exceptions(tmp_path):
 
 def test_a_list_file_says_how_it_matches(tmp_path):
     (tmp_path / "ja.txt").write_text("[sexual]\nエロ\n", encoding="utf-8")  # ja: a substring language
-    (tmp_path / "custom.txt").write_text("#!match: substring\n[custom]\nzap\n", encoding="utf-8")
+    (tmp_path / "custom.txt").write_text("#!match: substring\n[custom]\n咒语\n", encoding="utf-8")
     (tmp_path / "fr.txt").write_text("\ufeff[custom]\nmot interdit\n", encoding="utf-8")  # a BOM is accepted
     custom = PromptFilter.from_dirs([tmp_path])
     assert custom.check("エロ画像") is not None
-    assert custom.check("zapping") is not None
+    assert custom.check("念咒语的人") is not None
     assert custom.check("un Mot   Interdit!") is not None
     assert custom.check("motinterdit") is None
     assert load_list_file(tmp_path / "fr.txt").terms == {"custom": ["mot interdit"]}
@@ -221,7 +221,7 @@ def test_first_refusal_names_the_field(default_filter):
         ("pages[2].prompt", "a dragon eating a nude knight"),
     ]
     field, refusal = default_filter.first_refusal(book)
-    assert field == "pages[2].text" and refusal.category == "sexual"
+    assert field == "pages[2].text" and refusal.category == "nudity"
     assert default_filter.first_refusal(book[:5]) is None
     assert default_filter.first_refusal([("prompt", "两个角色在花园中交谈")]) is None
     assert default_filter.first_refusal([("prompt", "裸体")])[0] == "prompt"
