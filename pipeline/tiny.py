@@ -355,12 +355,13 @@ def _train_spm(lines, vocab_size: int, byte_fallback: bool) -> bytes:
     return model.getvalue()
 
 
-def write_tiny_translator(folder: Path, config_overrides: dict | None = None, write_weights: bool = True):
+def write_tiny_translator(folder: Path, config_overrides: dict | None = None, vocab_size: int | None = None):
     """A MarianMT as opus-mt-zh-en lays it out (source.spm, target.spm, vocab.json, config, safetensors), tiny and
     random, so the real tokenizer, model and `generate` run offline. The source vocabulary covers Chinese (byte
     fallback: any character encodes); the target vocabulary is English only, and every piece of the joint vocabulary
     that is not a target piece gets a large negative logit bias, so the random model's output is Latin text that
-    round-trips as an English prompt. Returns the config (`config_overrides` gives real sizes: pipeline.fullsize)."""
+    round-trips as an English prompt. `config_overrides` and `vocab_size` (unused pieces fill the vocabulary up to
+    it) give the real sizes (pipeline.fullsize). Returns the config."""
     import sentencepiece as spm
     from transformers import MarianConfig, MarianMTModel
 
@@ -383,6 +384,8 @@ def write_tiny_translator(folder: Path, config_overrides: dict | None = None, wr
     vocab = {"</s>": 0, "<unk>": 1}
     for piece in pieces:
         vocab.setdefault(piece, len(vocab))
+    while vocab_size is not None and len(vocab) < vocab_size - 1:
+        vocab[f"<unused{len(vocab)}>"] = len(vocab)
     vocab["<pad>"] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=1))
     (folder / "tokenizer_config.json").write_text(
@@ -413,8 +416,6 @@ def write_tiny_translator(folder: Path, config_overrides: dict | None = None, wr
     )
     fields.update(config_overrides or {})
     config = MarianConfig(**fields)
-    if not write_weights:
-        return config
     model = MarianMTModel(config).eval()
     with torch.no_grad():
         bias = torch.full((1, config.vocab_size), -1e4)

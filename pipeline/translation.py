@@ -111,12 +111,9 @@ class PromptTranslator:
             pieces, return_tensors="pt", padding=True, truncation=True, max_length=MAX_SOURCE_TOKENS
         ).to(self.model.device)
         longest = batch["input_ids"].shape[1]
-        output = self.model.generate(
-            **batch,
-            num_beams=1,
-            do_sample=False,
-            max_new_tokens=min(MAX_NEW_TOKENS, 2 * longest + 16, self._max_length),
-        )
+        new_tokens = min(MAX_NEW_TOKENS, 2 * longest + 16, self._max_length - 1)
+        # max_length (not max_new_tokens), the field the model's generation config sets: decoder start + new tokens.
+        output = self.model.generate(**batch, num_beams=1, do_sample=False, max_length=new_tokens + 1)
         decoded = self.tokenizer.batch_decode(output, skip_special_tokens=True)
         # A Chinese piece must never come back as Chinese (it would be translated again when sent back as English).
         return [" ".join(IDEOGRAPH.sub(" ", text).split()) for text in decoded]
