@@ -169,3 +169,31 @@ def test_a_books_text_is_unchanged_in_the_result_and_the_pdf(served):
     reader = PdfReader(io.BytesIO(base64.b64decode(result["pdf"])))
     for pdf_page, request_page in zip(reader.pages[1:], pages):
         assert request_page["text"] in pdf_page.extract_text().replace("\n", " ")
+
+
+def test_the_tiny_translator_is_the_same_bytes_every_build(tmp_path):
+    import hashlib
+
+    import torch
+
+    from pipeline.tiny import write_tiny_translator
+
+    def build(folder):
+        torch.manual_seed(0)
+        write_tiny_translator(folder)
+        return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir())}
+
+    first = build(tmp_path / "a")
+    assert first == build(tmp_path / "b")
+    assert {"source.spm", "target.spm", "vocab.json", "model.safetensors", "config.json"} <= set(first)
+
+
+def test_the_sdxl_translator_is_pinned_and_read_without_arbitrary_pickles():
+    from pathlib import Path
+
+    from pipeline.sources import MODEL_REPOS
+
+    repo = MODEL_REPOS["translator"]
+    assert repo.repo_id == "Helsinki-NLP/opus-mt-zh-en" and len(repo.revision) == 40
+    source = (Path(__file__).resolve().parent.parent / "pipeline" / "translation.py").read_text()
+    assert "weights_only=True" in source
