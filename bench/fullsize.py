@@ -164,6 +164,38 @@ def _draw(generator, clock, size: int, steps: int):
     return result, clock.latents, clock.step_seconds(), wall
 
 
+TRANSLATION_PROMPTS = (
+    "两个角色在花园中交谈，左边是角色1，右边是角色2",
+    "小狐狸在森林里找到一只红色的风筝。",
+    "女孩和她的狗在月光下走回家。",
+    "晴天，兔子在河边读书。",
+)
+
+
+def translation_timing(generator) -> dict | None:
+    """What translating a page's Chinese prompt costs, uncached: each prompt alone, then all in one call (as the
+    prompts of one diffusion call are translated). Random weights never stop early: every call decodes to its cap."""
+    translator = generator.translator
+    if translator is None:
+        return None
+    translator.generate(["预热"])
+    alone = []
+    for prompt in TRANSLATION_PROMPTS:
+        started = time.perf_counter()
+        translator.generate([prompt])
+        alone.append((time.perf_counter() - started) * 1000)
+    started = time.perf_counter()
+    translator.generate(list(TRANSLATION_PROMPTS))
+    together = (time.perf_counter() - started) * 1000
+    return {
+        "prompts": len(TRANSLATION_PROMPTS),
+        "ms_per_prompt_alone": alone,
+        "median_ms_alone": median(alone),
+        "ms_all_in_one_call": together,
+        "ms_per_page_in_one_call": together / len(TRANSLATION_PROMPTS),
+    }
+
+
 def child(root: Path, report: Path, large: bool, profile: str = "sdxl") -> None:
     import numpy as np
     import psutil
@@ -249,6 +281,10 @@ def child(root: Path, report: Path, large: bool, profile: str = "sdxl") -> None:
         }
         checks["large_page_finite"] = result["large_page"]["latents_finite"]
         progress(f"child: {LARGE_SIZE}²: {wall:.1f} s, step {steps[0]:.1f} s, {page.timings_ms}")
+    result["translation"] = translation_timing(generator)
+    if result["translation"] is not None:
+        result["translation"]["diffusion_ms_beside"] = pages["full"]["timings_ms"].get("diffusion")
+        progress(f"child: translation {result['translation']}")
     rss["peak_mb"] = _peak_rss_mb()
     result["threads"] = torch.get_num_threads()
     report.write_text(json.dumps(result, indent=2))

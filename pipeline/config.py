@@ -70,6 +70,14 @@ class ModelSettings(BaseSettings):
     embedding_cache_size: int = Field(
         256, ge=0, description="Character embeddings kept in the LRU cache (0 disables it)."
     )
+    translation: bool = Field(
+        True,
+        description="Translate the Chinese in drawing prompts into English before the text encoders read them "
+        "(opus-mt-zh-en); false draws every prompt as written.",
+    )
+    translation_cache_size: int = Field(
+        1024, ge=0, description="Translated prompt pieces kept in the LRU cache (0 disables it)."
+    )
 
     @property
     def on_cuda(self) -> bool:

@@ -144,7 +144,18 @@ COMPONENTS = (
         "parameters, from its 608,018,440-byte float16 model.safetensors (at most 304,009,216 with an empty header; "
         "~48 KB of header for 396 tensors) and its 1.22 GB float32 pytorch_model.bin",
     ),
+    Component(
+        "translator",
+        "translator",
+        "model.safetensors",
+        78_000_000,
+        "Helsinki-NLP/opus-mt-zh-en (MarianMT, 6+6 layers, 512 wide, 65,001 pieces): about 78 M parameters; its "
+        "sister opus-mt-en-zh (same config) holds 144,569,321 elements in pytorch_model.bin, which is 77,943,296 "
+        "distinct parameters plus two more copies of the tied 65,001 x 512 embedding and final_logits_bias",
+        500_000,
+    ),
 )
+TRANSLATOR = MODEL_REPOS["translator"].folder
 
 
 def _config(relative: str) -> dict:
@@ -188,6 +199,10 @@ def meta_model(name: str):
 
             folder = MODEL_REPOS["safety_checker"].folder
             return StableDiffusionSafetyChecker(CLIPConfig.from_dict(_config(f"{folder}/config.json")))
+        if name == "translator":
+            from transformers import MarianConfig, MarianMTModel
+
+            return MarianMTModel(MarianConfig.from_dict(_config(f"{TRANSLATOR}/config.json")))
     raise KeyError(name)
 
 
@@ -200,6 +215,8 @@ def tensor_shapes(name: str) -> dict[str, torch.Size]:
     if name in ("face_adapter", "style_adapter"):
         state = plus_adapter_state_dict(meta_model("unet"), SDXL_PLUS_ADAPTER, _meta_normal)
         return {key: tensor.shape for key, tensor in state.items()}
+    if name == "translator":  # its embeddings are tied (one matrix under three keys): each parameter once
+        return {key: tensor.shape for key, tensor in meta_model(name).named_parameters()}
     return {key: tensor.shape for key, tensor in meta_model(name).state_dict().items()}
 
 
@@ -368,6 +385,19 @@ def _write_depth(staging: Path, seed: int) -> None:
     torch.save(network.state_dict(), folder / PROFILES[Profile.sdxl].depth_checkpoint)
 
 
+def _write_translator(staging: Path, seed: int) -> None:
+    """opus-mt-zh-en at its real size (its config, 65,001 pieces), random: the tiny translator's writer with the real
+    sizes, so the real tokenizer, model and generation run. 78 M parameters fit in memory; no streaming needed."""
+    from .tiny import write_tiny_translator
+
+    config = {key: value for key, value in _config(f"{TRANSLATOR}/config.json").items() if key != "model_type"}
+    torch.manual_seed(seed)
+    folder = staging / TRANSLATOR
+    write_tiny_translator(folder, config_overrides=config, vocab_size=config["vocab_size"])
+    for name in ("config.json", "generation_config.json", "tokenizer_config.json"):
+        _copy_config(f"{TRANSLATOR}/{name}", staging)
+
+
 def build_full_size_models(root: Path, seed: int = 0, log=None) -> Path:
     """Write every model folder at its real size under `root` (idempotent: skipped when already complete)."""
     say = log or (lambda message: None)
@@ -384,6 +414,8 @@ def build_full_size_models(root: Path, seed: int = 0, log=None) -> Path:
         _write_adapters(staging, seed)
         say("writing the depth network")
         _write_depth(staging, seed)
+        say("writing the translator")
+        _write_translator(staging, seed)
 
     return build_atomically(root, write, {"profile": "sdxl", "weights": "random, full size", "seed": seed})
 

@@ -31,6 +31,7 @@ class PageResult:
     error: PageError | None = None  # set (and image None) when this page could not be drawn
     flagged: bool = False  # the picture check flagged `image`: it must not leave
     flagged_draws: int = 0  # draws of this page the picture check flagged, redraws included
+    prompt_drawn: str | None = None  # the prompt the text encoders read (its Chinese translated); None if not drawn
 
     @property
     def ok(self) -> bool:
@@ -89,8 +90,10 @@ class PageGenerator:
         spec: ProfileSpec,
         faults: FaultSettings | None = None,
         checker: PictureChecker | None = None,
+        translator=None,  # pipeline.translation.PromptTranslator, or None: prompts drawn as written
     ):
         self.checker = checker
+        self.translator = translator
         self.pipe = pipe
         self.depth = depth
         self.settings = settings
@@ -98,6 +101,22 @@ class PageGenerator:
         self.faults = faults or FaultSettings()
         self.embedder = ImageEmbedder(pipe.image_encoder, pipe.feature_extractor, settings.embedding_cache_size)
         self.abandoned = AbandonedJobs()
+
+    def translate(self, texts: list[str]) -> list[str]:
+        """The English the text encoders read for each text (pipeline/translation.py's rule): unchanged when it has
+        no Chinese or translation is off; all of `texts` in one model call, each distinct piece once (LRU cache).
+        Thread-safe. For callers that must see what is drawn, such as a moderation check of the prompts."""
+        return self.translator.translate(texts) if self.translator is not None else list(texts)
+
+    def _translated(self, requests: dict[int, ResolvedPage]) -> dict[int, ResolvedPage]:
+        """Every page's prompt and negative prompt as drawn, translated together in one call."""
+        order = list(requests)
+        texts = [requests[i].prompt for i in order] + [requests[i].negative_prompt for i in order]
+        english = self.translate(texts)
+        return {
+            index: replace(requests[index], prompt=english[k], negative_prompt=english[len(order) + k])
+            for k, index in enumerate(order)
+        }
 
     def abandon(self, job_ids: list[str]) -> None:
         """These jobs' clients hung up: their pages are not drawn, and a call stops at its next denoising step once
@@ -148,6 +167,9 @@ class PageGenerator:
                 resolved[index] = self.resolve(request)
             except ValueError as error:
                 results[index] = PageResult(None, request.seed or 0, 0, error=PageError(ErrorKind.invalid, str(error)))
+        started = time.perf_counter()
+        resolved = self._translated(resolved)
+        translate_ms = _ms_since(started)
         try:
             drawn = self._draw_in_groups(resolved)
             # A flagged page never leaves: it is redrawn with a seed derived from its own, then refused.
@@ -166,6 +188,8 @@ class PageGenerator:
         finally:
             self.abandoned.discard(request.job_id for request in requests if request.job_id is not None)
         for index, result in drawn.items():
+            result.prompt_drawn = resolved[index].prompt
+            result.timings_ms["translate"] = translate_ms
             if result.flagged:
                 result = PageResult(None, result.seed, result.batch_size, flagged_draws=result.flagged_draws)
                 result.error = PageError(ErrorKind.content_refused, "the drawn picture did not pass the safety check")

@@ -29,6 +29,7 @@ class ModelPaths:
     ip_adapter: Path
     depth: Path
     safety_checker: Path
+    translator: Path
 
     @classmethod
     def under(cls, root: Path) -> ModelPaths:
@@ -80,11 +81,25 @@ def load_page_generator(paths: ModelPaths, settings: ModelSettings):
     else:
         checker = None
         log.warning("the picture safety checker is OFF (PICTUREBOOK_SAFETY_CHECKER=false): pages are not checked")
-    generator = PageGenerator(pipe, depth, settings, spec, checker=checker)
+    translator = load_prompt_translator(paths.translator, settings)
+    generator = PageGenerator(pipe, depth, settings, spec, checker=checker, translator=translator)
     release_freed_memory()  # what loading needed and freed; from here on, pages keep their own working set
     if settings.compile if settings.warmup is None else settings.warmup:
         warm_up(generator)
     return generator
+
+
+def load_prompt_translator(folder: Path, settings: ModelSettings):
+    """The Chinese-to-English translator of drawing prompts, or None when PICTUREBOOK_TRANSLATION=false."""
+    if not settings.translation:
+        log.info("prompt translation is off (PICTUREBOOK_TRANSLATION=false): prompts are drawn as written")
+        return None
+    import torch
+
+    from .translation import load_translator
+
+    # float32 whatever PICTUREBOOK_DTYPE says: 0.3 GB, and no 16-bit overflow in a model converted from float32.
+    return load_translator(folder, settings.resolved_device, torch.float32, settings.translation_cache_size)
 
 
 def warm_up(generator) -> None:

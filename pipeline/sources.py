@@ -81,6 +81,24 @@ MODEL_REPOS["safety_checker"] = ModelRepo(
     include=("config.json", "preprocessor_config.json", "model.safetensors"),
 )
 
+# Chinese prompts into English (pipeline/translation.py). MarianMT, CC-BY-4.0 (attribution: README, NOTICE). The
+# revision is the one public projects pin (e.g. TransIME's notices: tree/cf10909...); no converted safetensors
+# revision of it was found (docs/SECURITY.md), so its pickled pytorch_model.bin is read with weights_only=True.
+MODEL_REPOS["translator"] = ModelRepo(
+    folder="opus-mt-zh-en",
+    repo_id="Helsinki-NLP/opus-mt-zh-en",
+    revision="cf109095479db38d6df799875e34039d4938aaa6",
+    include=(
+        "config.json",
+        "generation_config.json",
+        "pytorch_model.bin",
+        "source.spm",
+        "target.spm",
+        "tokenizer_config.json",
+        "vocab.json",
+    ),
+)
+
 FACE_ADAPTER_WEIGHTS = "ip-adapter-plus-face_sdxl_vit-h.safetensors"
 STYLE_ADAPTER_WEIGHTS = "ip-adapter-plus_sdxl_vit-h.safetensors"
 ADAPTER_SUBFOLDER = "sdxl_models"

@@ -53,6 +53,7 @@ def build_tiny_models(root: Path, seed: int = 0) -> Path:
         _write_ip_adapters(staging / MODEL_REPOS["ip_adapter"].folder, unet)
         _write_depth(staging / MODEL_REPOS["depth"].folder)
         _write_safety_checker(staging / MODEL_REPOS["safety_checker"].folder)
+        write_tiny_translator(staging / MODEL_REPOS["translator"].folder)
 
     return build_atomically(root, write, {"profile": "tiny", "seed": seed})
 
@@ -316,6 +317,115 @@ def _write_safety_checker(folder: Path) -> None:
         checker.special_care_embeds_weights.fill_(2.0)
     checker.save_pretrained(folder, safe_serialization=True)
     extractor.save_pretrained(folder)
+
+
+# Our own lines, for the tiny translator's sentencepiece vocabularies (the source reads both languages).
+TRANSLATOR_ENGLISH = (
+    "Two characters talk in a garden, character 1 on the left, character 2 on the right.",
+    "The little fox finds a red kite in the forest.",
+    "A girl and her dog walk home under the moon.",
+    "The rabbit reads a book by the river on a sunny day.",
+)
+TRANSLATOR_CHINESE = (
+    "两个角色在花园中交谈，左边是角色1，右边是角色2",
+    "小狐狸在森林里找到一只红色的风筝。",
+    "女孩和她的狗在月光下走回家。",
+    "晴天，兔子在河边读书。",
+)
+TRANSLATOR_WIDTH = 32
+
+
+def _train_spm(lines, vocab_size: int, byte_fallback: bool) -> bytes:
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        character_coverage=1.0,
+        byte_fallback=byte_fallback,
+        num_threads=1,  # deterministic: the same lines give the same model
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def write_tiny_translator(folder: Path, config_overrides: dict | None = None, vocab_size: int | None = None):
+    """A MarianMT as opus-mt-zh-en lays it out (source.spm, target.spm, vocab.json, config, safetensors), tiny and
+    random, so the real tokenizer, model and `generate` run offline. The source vocabulary covers Chinese (byte
+    fallback: any character encodes); the target vocabulary is English only, and every piece of the joint vocabulary
+    that is not a target piece gets a large negative logit bias, so the random model's output is Latin text that
+    round-trips as an English prompt. `config_overrides` and `vocab_size` (unused pieces fill the vocabulary up to
+    it) give the real sizes (pipeline.fullsize). Returns the config."""
+    import sentencepiece as spm
+    from transformers import MarianConfig, MarianMTModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    source = _train_spm(TRANSLATOR_ENGLISH + TRANSLATOR_CHINESE, 400, byte_fallback=True)
+    target = _train_spm(TRANSLATOR_ENGLISH, 120, byte_fallback=False)
+    (folder / "source.spm").write_bytes(source)
+    (folder / "target.spm").write_bytes(target)
+    pieces = {}
+    for blob in (source, target):
+        processor = spm.SentencePieceProcessor(model_proto=blob)
+        for i in range(processor.get_piece_size()):
+            pieces.setdefault(processor.id_to_piece(i), len(pieces))
+    words = spm.SentencePieceProcessor(model_proto=target)
+    target_pieces = {
+        words.id_to_piece(i)
+        for i in range(words.get_piece_size())
+        if not (words.is_control(i) or words.is_unknown(i) or words.is_byte(i))
+    }
+    vocab = {"</s>": 0, "<unk>": 1}
+    for piece in pieces:
+        vocab.setdefault(piece, len(vocab))
+    while vocab_size is not None and len(vocab) < vocab_size - 1:
+        vocab[f"<unused{len(vocab)}>"] = len(vocab)
+    vocab["<pad>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=1))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"source_lang": "zh", "target_lang": "en", "model_max_length": 512, "separate_vocabs": False})
+    )
+    pad = vocab["<pad>"]
+    fields = dict(
+        vocab_size=len(vocab),
+        d_model=TRANSLATOR_WIDTH,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=512,
+        pad_token_id=pad,
+        eos_token_id=0,
+        decoder_start_token_id=pad,
+        forced_eos_token_id=0,
+        bad_words_ids=[[pad]],
+        activation_function="swish",
+        scale_embedding=True,
+        share_encoder_decoder_embeddings=True,
+        num_beams=1,
+        max_length=24,  # the translator never decodes past the model's own max_length
+        init_std=0.5,  # random weights large enough that the source moves the output (0.02 gives one text for all)
+    )
+    fields.update(config_overrides or {})
+    config = MarianConfig(**fields)
+    model = MarianMTModel(config).eval()
+    with torch.no_grad():
+        bias = torch.full((1, config.vocab_size), -1e4)
+        for piece, index in vocab.items():
+            if piece in target_pieces or piece == "</s>":
+                bias[0, index] = 0.0
+        bias[0, 0] = -4.0  # end of sentence: rarely first, so a translation is some words long
+        model.final_logits_bias.copy_(bias)
+    model.save_pretrained(folder, safe_serialization=True)
+    return config
 
 
 def _write_depth(folder: Path):

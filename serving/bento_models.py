@@ -40,12 +40,16 @@ def import_model_dir(source: Path, profile: Profile) -> bentoml.Model:
 def ensure_tiny_in_store() -> bentoml.Model:
     """The tiny weights as a stored model, built (seconds, offline) the first time they are asked for."""
     try:
-        return bentoml.models.get(f"{STORE_NAMES[Profile.tiny]}:latest")
+        model = bentoml.models.get(f"{STORE_NAMES[Profile.tiny]}:latest")
+        # A model stored before a model folder joined MODEL_REPOS (e.g. the translator) is rebuilt, not served.
+        if all((Path(model.path) / repo.folder).is_dir() for repo in MODEL_REPOS.values()):
+            return model
     except bentoml.exceptions.NotFound:
-        from pipeline.tiny import build_tiny_models  # torch: only when the store lacks them
+        pass
+    from pipeline.tiny import build_tiny_models  # torch: only when the store lacks them
 
-        with tempfile.TemporaryDirectory() as scratch:
-            return import_model_dir(build_tiny_models(Path(scratch) / "tiny"), Profile.tiny)
+    with tempfile.TemporaryDirectory() as scratch:
+        return import_model_dir(build_tiny_models(Path(scratch) / "tiny"), Profile.tiny)
 
 
 def declared_models(settings: ModelSettings, bento_model: str | None) -> dict[str, object]:

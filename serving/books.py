@@ -77,6 +77,11 @@ class DrawnPage(BaseModel):
     seed: int = Field(..., description="The seed it was drawn with (send it back to redraw the same page).")
     batch_size: int = Field(..., description="Pages drawn in the same diffusion call (of any book or request).")
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    prompt_drawn: str | None = Field(
+        None,
+        description="What the text encoders read: the page's drawing prompt, its Chinese translated into English. "
+        "`text` (what the reader reads, and the PDF) is never changed.",
+    )
 
 
 class PageFailure(BaseModel):
@@ -210,6 +215,7 @@ async def draw_book(
             seed=output.seed,
             batch_size=output.batch_size,
             timings_ms=output.timings_ms,
+            prompt_drawn=output.prompt_drawn,
         )
         progress.pages.append(drawn)
         progress.pages_done = len(progress.pages)

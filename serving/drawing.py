@@ -83,7 +83,11 @@ def page_job(
 def response(answer: PageAnswer) -> GenerateResponse:
     """A drawn page's answer as the public response: its fields were validated when the answer arrived."""
     return GenerateResponse.model_construct(
-        img=answer.img, seed=answer.seed, batch_size=answer.batch_size, timings_ms=answer.timings_ms
+        img=answer.img,
+        seed=answer.seed,
+        batch_size=answer.batch_size,
+        timings_ms=answer.timings_ms,
+        prompt_drawn=answer.prompt_drawn,
     )
 
 

@@ -138,6 +138,12 @@ class GenerateResponse(BaseModel):
     seed: int = Field(..., description="The seed the page was drawn with (send it back to redraw the same page).")
     batch_size: int = Field(..., description="Pages drawn together in the diffusion call that drew this one.")
     timings_ms: dict[str, float] = Field(default_factory=dict, description="Where the time went, in milliseconds.")
+    prompt_drawn: str | None = Field(
+        None,
+        description="The prompt the text encoders read: the request's, its Chinese translated into English "
+        "(the same text when it has none, or when translation is off). Rewrite it and send it as `prompt` to "
+        "change what is drawn.",
+    )
 
 
 Model = TypeVar("Model", bound=BaseModel)

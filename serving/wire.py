@@ -69,6 +69,7 @@ class PageAnswer(BaseModel):
     timings_ms: dict[str, float] = Field(default_factory=dict)
     error_kind: ErrorKind | None = None
     error: str | None = None
+    prompt_drawn: str | None = None  # the prompt the text encoders read: its Chinese translated (pipeline)
 
     @classmethod
     def from_result(cls, result) -> PageAnswer:
@@ -76,7 +77,11 @@ class PageAnswer(BaseModel):
         if not result.ok:
             return cls(seed=result.seed, error_kind=result.error.kind, error=result.error.message)
         return cls(
-            img=encode_png(result.image), seed=result.seed, batch_size=result.batch_size, timings_ms=result.timings_ms
+            img=encode_png(result.image),
+            seed=result.seed,
+            batch_size=result.batch_size,
+            timings_ms=result.timings_ms,
+            prompt_drawn=result.prompt_drawn,
         )
 
 
