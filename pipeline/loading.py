@@ -29,6 +29,7 @@ class ModelPaths:
     ip_adapter: Path
     depth: Path
     safety_checker: Path
+    moderation: Path
 
     @classmethod
     def under(cls, root: Path) -> ModelPaths:
@@ -85,6 +86,29 @@ def load_page_generator(paths: ModelPaths, settings: ModelSettings):
     if settings.compile if settings.warmup is None else settings.warmup:
         warm_up(generator)
     return generator
+
+
+def load_models(paths: ModelPaths, settings: ModelSettings):
+    """Everything the model service holds: (the page generator, the text moderator or None)."""
+    started = time.perf_counter()
+    models = load_page_generator(paths, settings), load_text_moderator(paths, settings)
+    log.info("models loaded in %.1f s", time.perf_counter() - started)
+    return models
+
+
+def load_text_moderator(paths: ModelPaths, settings: ModelSettings):
+    """The text moderation model (pipeline/moderation.py), or None when PICTUREBOOK_MODERATION=false. Fail closed:
+    configured but missing or broken weights raise, so the model service never becomes ready without it."""
+    if not settings.moderation:
+        log.warning("text moderation is OFF (PICTUREBOOK_MODERATION=false): texts pass the blocklists only")
+        return None
+    from .moderation import load_text_moderator as load
+
+    started = time.perf_counter()
+    device, dtype = settings.resolved_device, settings.torch_dtype
+    moderator = load(paths.moderation, device, dtype, strict=settings.moderation_strict)
+    log.info("text moderation model loaded in %.1f s", time.perf_counter() - started)
+    return moderator
 
 
 def warm_up(generator) -> None:

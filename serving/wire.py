@@ -80,6 +80,24 @@ class PageAnswer(BaseModel):
         )
 
 
+class TextVerdict(BaseModel):
+    """The moderation model's judgement of one text (pipeline.moderation.Verdict), as it travels to the front."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    safe: bool
+    level: str  # Safe, Unsafe, Controversial, or unparseable
+    category: str | None = None  # None when safe
+
+
+def moderate_texts(moderator, texts: list[str]) -> list[TextVerdict]:
+    """The model service's side of moderation: a batch of texts, one verdict each."""
+    if moderator is None:
+        raise RuntimeError("text moderation is off on the model service (PICTUREBOOK_MODERATION=false)")
+    verdicts = moderator.moderate(texts)
+    return [TextVerdict(safe=v.safe, level=v.level, category=None if v.safe else v.category) for v in verdicts]
+
+
 def draw_jobs(generator, jobs: list[PageJob]) -> list[PageAnswer]:
     """The model service's side of the wire: a batch of jobs drawn by a pipeline.PageGenerator, one answer each."""
     results = generator.generate([job.page_request() for job in jobs])
