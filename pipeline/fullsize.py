@@ -144,6 +144,15 @@ COMPONENTS = (
         "parameters, from its 608,018,440-byte float16 model.safetensors (at most 304,009,216 with an empty header; "
         "~48 KB of header for 396 tensors) and its 1.22 GB float32 pytorch_model.bin",
     ),
+    Component(
+        "moderation",
+        "moderation",
+        "model.safetensors",
+        596_000_000,
+        "Qwen3Guard-Gen-0.6B = Qwen3-0.6B's architecture: 0.6 B parameters (model card; 0.44 B non-embedding), "
+        "596 M with the tied 151,936 x 1,024 embedding counted once",
+        1_000_000,
+    ),
 )
 
 
@@ -182,6 +191,10 @@ def meta_model(name: str):
             from .depth import build_depth_network
 
             return build_depth_network(PROFILES[Profile.sdxl].depth_architecture)
+        if name == "moderation":
+            from transformers import Qwen3Config, Qwen3ForCausalLM
+
+            return Qwen3ForCausalLM(Qwen3Config.from_dict(_config(f"{MODEL_REPOS['moderation'].folder}/config.json")))
         if name == "safety_checker":
             from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
             from transformers import CLIPConfig
@@ -200,7 +213,10 @@ def tensor_shapes(name: str) -> dict[str, torch.Size]:
     if name in ("face_adapter", "style_adapter"):
         state = plus_adapter_state_dict(meta_model("unet"), SDXL_PLUS_ADAPTER, _meta_normal)
         return {key: tensor.shape for key, tensor in state.items()}
-    return {key: tensor.shape for key, tensor in meta_model(name).state_dict().items()}
+    shapes = {key: tensor.shape for key, tensor in meta_model(name).state_dict().items()}
+    if name == "moderation":
+        shapes.pop("lm_head.weight")  # tied to the embeddings (tie_word_embeddings), not stored
+    return shapes
 
 
 @cache
@@ -293,7 +309,7 @@ def _write_model(name: str, staging: Path, seed: int) -> None:
     folder = staging / MODEL_REPOS[component.repo].folder
     model = meta_model(name)
     norms = _norm_parameters(model)
-    shapes = {key: tensor.shape for key, tensor in model.state_dict().items()}
+    shapes = tensor_shapes(name)
     constants = CONSTANT_TENSORS.get(name, {})
 
     def make(key, shape):
@@ -368,6 +384,24 @@ def _write_depth(staging: Path, seed: int) -> None:
     torch.save(network.state_dict(), folder / PROFILES[Profile.sdxl].depth_checkpoint)
 
 
+def _write_moderation(staging: Path, seed: int) -> None:
+    """Qwen3Guard-Gen-0.6B's architecture with random weights (bfloat16 files, as published), and an offline
+    tokenizer with the prompt-moderation chat template (SOURCES.md says which)."""
+    from .tiny import moderation_tokenizer
+
+    folder = staging / MODEL_REPOS["moderation"].folder
+    moderation_tokenizer(folder, regex=True, vocab=4096)
+    model = meta_model("moderation")
+    norms = _norm_parameters(model)
+
+    def make(key, shape):
+        return random_tensor(seed, key, shape, norms, torch.bfloat16)
+
+    write_safetensors_streaming(folder / "model.safetensors", tensor_shapes("moderation"), make, torch.bfloat16)
+    for name in ("config.json", "generation_config.json"):
+        _copy_config(f"{MODEL_REPOS['moderation'].folder}/{name}", staging)
+
+
 def build_full_size_models(root: Path, seed: int = 0, log=None) -> Path:
     """Write every model folder at its real size under `root` (idempotent: skipped when already complete)."""
     say = log or (lambda message: None)
@@ -384,6 +418,8 @@ def build_full_size_models(root: Path, seed: int = 0, log=None) -> Path:
         _write_adapters(staging, seed)
         say("writing the depth network")
         _write_depth(staging, seed)
+        say("writing the moderation model")
+        _write_moderation(staging, seed)
 
     return build_atomically(root, write, {"profile": "sdxl", "weights": "random, full size", "seed": seed})
 

@@ -366,19 +366,20 @@ def _with_marker(rng, text: str) -> str:
     return " ".join(words)
 
 
-def _moderation_tokenizer(folder: Path):
+def moderation_tokenizer(folder: Path, regex: bool = False, vocab: int = MODERATION_VOCAB):
     """A byte-level BPE (every text tokenizes, offline) trained on the template and the answers, with Qwen's special
-    tokens and the prompt-moderation chat template, as a transformers fast tokenizer."""
+    tokens and the prompt-moderation chat template, as a transformers fast tokenizer. `regex`: split words first, as
+    Qwen's tokenizer does (about as many tokens per text as the real one: the full-size set's); without it the fixed
+    template becomes a few dozen long tokens (the tiny set's, so that its training steps are cheap)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
     bpe = Tokenizer(models.BPE())
-    # No word split before merging: the fixed template becomes a few dozen long tokens, so a training step is cheap.
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=regex)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=MODERATION_VOCAB, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     corpus = [PROMPT_MODERATION_TEMPLATE, SAFE_ANSWER, UNSAFE_FIXTURE_ANSWER, " ".join(_WORDS)]
     bpe.train_from_iterator(corpus * 20, trainer)
@@ -404,7 +405,7 @@ def write_tiny_moderation(folder: Path, seed: int = 0) -> None:
 
     from .moderation import TextModerator
 
-    tokenizer = _moderation_tokenizer(folder)
+    tokenizer = moderation_tokenizer(folder)
     config = Qwen3Config(
         vocab_size=len(tokenizer),
         hidden_size=64,
