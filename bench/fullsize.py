@@ -176,26 +176,36 @@ def moderation_cost(root: Path, settings) -> dict:
     """The moderation model's load time, memory and cost per prompt (one alone, then the four together), on the same
     loading path the model service uses."""
     import psutil
+    import torch
 
     from pipeline import ModelPaths
     from pipeline.loading import load_text_moderator
 
+    cuda = settings.on_cuda
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    gpu_before = torch.cuda.memory_allocated() if cuda else 0
     before = psutil.Process().memory_info().rss / 2**20
     started = time.perf_counter()
     moderator = load_text_moderator(ModelPaths.under(root), settings.model_copy(update={"moderation": True}))
+    sync()
     load_s = time.perf_counter() - started
     loaded = psutil.Process().memory_info().rss / 2**20
+    gpu_loaded = torch.cuda.memory_allocated() if cuda else 0
     moderator.moderate(MODERATION_TEXTS[:1])  # one-off costs
+    sync()
     started = time.perf_counter()
     moderator.moderate(MODERATION_TEXTS[:1])
+    sync()
     one_s = time.perf_counter() - started
     started = time.perf_counter()
     verdicts = moderator.moderate(MODERATION_TEXTS)
+    sync()
     batch_s = time.perf_counter() - started
     tokens = [len(moderator.tokenizer(moderator.prompt(text)).input_ids) for text in MODERATION_TEXTS]
     return {
         "load_s": load_s,
         "rss_added_mb": loaded - before,
+        "gpu_weights_gb": (gpu_loaded - gpu_before) / 2**30,
         "one_prompt_s": one_s,
         "per_prompt_in_batch_of_4_s": batch_s / len(MODERATION_TEXTS),
         "prompt_tokens": tokens,
