@@ -113,11 +113,17 @@ def test_generate_refuses_the_fixture_with_its_category_and_draws_a_safe_prompt(
     before = pages_drawn(url), refusals(url, "model", UNSAFE_FIXTURE_CATEGORY)
     refused = requests.post(f"{url}/generate", json={"prompt": f"a {MARKER} fox", "seed": 1}, timeout=120)
     assert refused.status_code == 422, refused.text
+    timed = []  # a refused prompt costs the lists, one moderation call and HTTP: the moderation's cost, served
+    for _ in range(5):
+        started = time.perf_counter()
+        requests.post(f"{url}/generate", json={"prompt": f"a {MARKER} fox", "seed": 1}, timeout=120)
+        timed.append(time.perf_counter() - started)
+    print(f"\nserved refusal by the tiny moderation model: median {sorted(timed)[2] * 1e3:.0f} ms")
     body = refused.json()
     assert body["kind"] == "content_refused" and body["field"] == "prompt"
     assert body["category"] == UNSAFE_FIXTURE_CATEGORY and MARKER not in body["error"]
     assert pages_drawn(url) == before[0], "the model service drew a page for a refused prompt"
-    assert refusals(url, "model", UNSAFE_FIXTURE_CATEGORY) == before[1] + 1
+    assert refusals(url, "model", UNSAFE_FIXTURE_CATEGORY) == before[1] + 6
     started = time.perf_counter()
     drawn = requests.post(f"{url}/generate", json={"prompt": "a fox finds a red kite", "seed": 1}, timeout=120)
     assert drawn.status_code == 200, drawn.text
