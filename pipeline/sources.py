@@ -101,7 +101,7 @@ MODERATION_REPOS: dict[str, ModelRepo] = {
         ),
     ),
     "Qwen/Qwen3Guard-Gen-4B": ModelRepo(
-        folder="Qwen3Guard-Gen-0.6B",  # the same folder: the loading path does not care which size it holds
+        folder="Qwen3Guard-Gen-4B",
         repo_id="Qwen/Qwen3Guard-Gen-4B",
         revision="main",
         include=(
