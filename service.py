@@ -4,8 +4,6 @@ in `serving/`, the model work in `pipeline/`, every patch of BentoML, uvicorn an
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,21 +21,20 @@ from serving.drawing import PageDrawer
 from serving.guards import AdmissionLimit, ApiKeyAuth, JsonBodyOnly, RefusePickledBodies
 from serving.hangups import CancelOnHangUp
 from serving.listening import warn_if_open_to_the_network
-from serving.metrics import SAFETY_CHECKER_ENABLED
+from serving.metrics import model_gauges
 from serving.model_client import ModelClient
 from serving.readiness import FastReadiness
 from serving.schemas import GenerateRequest, GenerateResponse, validated_by_bentoml
 from serving.settings import serving_settings as settings
 from serving.studio import studio_app
 from serving.threads import torch_thread
-from serving.wire import PageAnswer, PageJob, draw_jobs
+from serving.wire import PageAnswer, PageJob, TextVerdict, draw_jobs, moderate_texts
 
 connections = framework.install(settings)  # every patch of BentoML, uvicorn and Pillow, before any server starts
-log = logging.getLogger("picturebook")
 model_settings = ModelSettings()
 api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
 book_jobs = BookJobs(settings.max_books)  # one per front process: BookGate (below) and the book task share it
-prompts = PromptGate(settings)  # the prompt filter, for /generate and for books at submit
+prompts = PromptGate(settings, model_settings.moderation)  # lists then model, for /generate and books at submit
 
 
 @bentoml.service(
@@ -45,8 +42,7 @@ prompts = PromptGate(settings)  # the prompt filter, for /generate and for books
     resources={"gpu": 1, "memory": "16Gi"},
     # Longer than the front's timeout: a batch stops itself at its requests' deadlines, between denoising steps.
     traffic={"timeout": settings.request_timeout_s + 30},
-    # BentoML's client replaces its HTTP session every 100 calls or 300 s, cutting the calls in flight on the old one
-    # (500 "Server disconnected"). The model is a Unix socket in the same pod, nothing to re-resolve: keep one.
+    # BentoML's client replaces its session every 100 calls or 300 s, cutting calls in flight: one Unix socket, keep it.
     runner_connection={"max_requests": 2**62, "max_age": 1e12},
     workers=1,
 )
@@ -54,16 +50,14 @@ class PageModel:
     locals().update(declared_models(model_settings, settings.bento_model))
 
     def __init__(self) -> None:
-        from pipeline.loading import load_page_generator
+        from pipeline.loading import load_models
 
-        # BentoML starts serving (and /readyz answers 200) only after __init__ returns: ready means loaded.
-        started = time.perf_counter()
-        self.generator = torch_thread.run(load_page_generator, model_paths(self, model_settings), model_settings)
-        SAFETY_CHECKER_ENABLED.set(1 if model_settings.safety_checker else 0)
-        log.info("models loaded in %.1f s", time.perf_counter() - started)
+        # BentoML serves (and /readyz answers 200) only once __init__ returns: ready means loaded, checkers included.
+        paths = model_paths(self, model_settings)
+        self.generator, self.moderator = torch_thread.run(load_models, paths, model_settings)
+        model_gauges(model_settings)
 
-    # BentoML wants a batchable API's max_batch_size > 1; batch size 1 means no batcher, and the front still sends
-    # a one-page list, so `draw` has the same signature either way.
+    # A batchable API's max_batch_size must be > 1; at 1 there is no batcher, and `draw` still takes a list.
     @bentoml.api(
         batchable=settings.max_batch_size > 1,
         max_batch_size=max(2, settings.max_batch_size),
@@ -78,10 +72,16 @@ class PageModel:
         """The front's clients for these jobs hung up (async: `draw` holds the one worker thread)."""
         self.generator.abandon(job_ids)
 
+    # Every user text after the lists; a whole book's texts in one call (serving/content_safety.py).
+    @bentoml.api(batchable=True, max_batch_size=2 * settings.max_book_pages + 1, max_latency_ms=settings.max_latency_ms)
+    @torch_thread.runs_here
+    def moderate(self, texts: list[str]) -> list[TextVerdict]:
+        return moderate_texts(self.moderator, texts, self.generator.translate)
+
 
 # Outermost first. The model's socket is reachable from anything in the pod: the same key, and JSON only.
 PageModel.add_asgi_middleware(Draining, public=False, retry_after_s=settings.retry_after_s, connections=connections)
-PageModel.add_asgi_middleware(FastReadiness)
+PageModel.add_asgi_middleware(FastReadiness, moderation=model_settings.moderation)
 if api_key is not None:
     PageModel.add_asgi_middleware(ApiKeyAuth, api_key=api_key)
 PageModel.add_asgi_middleware(RefusePickledBodies)
@@ -113,6 +113,7 @@ class PictureBook:
     def __init__(self) -> None:
         self.client = ModelClient(type(self).__dict__["model"], self.model, api_key)
         self.pages = PageDrawer(self.client, settings, prompts)
+        prompts.use_model(self.client)
 
     @bentoml.on_startup
     async def start(self) -> None:
@@ -140,7 +141,7 @@ class PictureBook:
 # Outermost first: draining, /readyz, hang-ups; refuse unauthenticated callers; bodies that are not small JSON
 # arriving in time; excess load (admitted once its body is here, so slow senders hold no slot); book submissions.
 PictureBook.add_asgi_middleware(Draining, public=True, retry_after_s=settings.retry_after_s)
-PictureBook.add_asgi_middleware(FastReadiness)
+PictureBook.add_asgi_middleware(FastReadiness, moderation=model_settings.moderation)
 PictureBook.add_asgi_middleware(CancelOnHangUp)
 if api_key is not None:
     PictureBook.add_asgi_middleware(ApiKeyAuth, api_key=api_key)

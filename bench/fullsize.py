@@ -196,6 +196,56 @@ def translation_timing(generator) -> dict | None:
     }
 
 
+MODERATION_TEXTS = [
+    "two characters talk in a garden, character 1 on the left, character 2 on the right",
+    "The fox finds a red kite in the tall grass and runs to show the hedgehog.",
+    "小狐狸在花园里找到了一只红色的风筝。",
+    "a knight meets a dragon at the edge of the dark forest, watercolour, soft light",
+]
+
+
+def moderation_cost(root: Path, settings) -> dict:
+    """The moderation model's load time, memory and cost per prompt (one alone, then the four together), on the same
+    loading path the model service uses."""
+    import psutil
+    import torch
+
+    from pipeline import ModelPaths
+    from pipeline.loading import load_text_moderator
+
+    cuda = settings.on_cuda
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    gpu_before = torch.cuda.memory_allocated() if cuda else 0
+    before = psutil.Process().memory_info().rss / 2**20
+    started = time.perf_counter()
+    moderator = load_text_moderator(ModelPaths.under(root), settings.model_copy(update={"moderation": True}))
+    sync()
+    load_s = time.perf_counter() - started
+    loaded = psutil.Process().memory_info().rss / 2**20
+    gpu_loaded = torch.cuda.memory_allocated() if cuda else 0
+    moderator.moderate(MODERATION_TEXTS[:1])  # one-off costs
+    sync()
+    started = time.perf_counter()
+    moderator.moderate(MODERATION_TEXTS[:1])
+    sync()
+    one_s = time.perf_counter() - started
+    started = time.perf_counter()
+    verdicts = moderator.moderate(MODERATION_TEXTS)
+    sync()
+    batch_s = time.perf_counter() - started
+    tokens = [len(moderator.tokenizer(moderator.prompt(text)).input_ids) for text in MODERATION_TEXTS]
+    return {
+        "load_s": load_s,
+        "rss_added_mb": loaded - before,
+        "gpu_weights_gb": (gpu_loaded - gpu_before) / 2**30,
+        "one_prompt_s": one_s,
+        "per_prompt_in_batch_of_4_s": batch_s / len(MODERATION_TEXTS),
+        "prompt_tokens": tokens,
+        "max_new_tokens": moderator.max_new_tokens,
+        "levels": [verdict.level for verdict in verdicts],  # random weights: unparseable, i.e. refused
+    }
+
+
 def child(root: Path, report: Path, large: bool, profile: str = "sdxl") -> None:
     import numpy as np
     import psutil
@@ -285,6 +335,8 @@ def child(root: Path, report: Path, large: bool, profile: str = "sdxl") -> None:
     if result["translation"] is not None:
         result["translation"]["diffusion_ms_beside"] = pages["full"]["timings_ms"].get("diffusion")
         progress(f"child: translation {result['translation']}")
+    result["moderation"] = moderation_cost(root, settings)
+    progress(f"child: moderation: {result['moderation']}")
     rss["peak_mb"] = _peak_rss_mb()
     result["threads"] = torch.get_num_threads()
     report.write_text(json.dumps(result, indent=2))

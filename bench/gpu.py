@@ -211,6 +211,11 @@ def child(lever: str, root: Path, report: Path, batches: tuple[int, ...], steps:
             "errors": [str(e) for e in failed],
         }
         progress(f"child {lever}: batch {batch}: {result['batches'][str(batch)]}")
+    if lever == next(iter(LEVERS)):  # once per run, beside the pipeline as on the model service
+        from bench.fullsize import moderation_cost
+
+        result["moderation"] = moderation_cost(root, settings)
+        progress(f"child {lever}: moderation: {result['moderation']}")
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["gpu"] = torch.cuda.get_device_name(0)
     report.write_text(json.dumps(result, indent=2))

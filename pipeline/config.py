@@ -67,6 +67,17 @@ class ModelSettings(BaseSettings):
     safety_retries: int = Field(
         1, ge=0, le=5, description="Redraws, with a seed derived from the request's, of a page the checker flagged."
     )
+    moderation: bool = Field(
+        True,
+        description="Judge every user text with the moderation model after the blocklists (fail closed); "
+        "false turns it off.",
+    )
+    moderation_strict: bool = Field(
+        True, description="Moderation: a `Controversial` verdict is refused too (false: only `Unsafe` is)."
+    )
+    moderation_model: Literal["Qwen/Qwen3Guard-Gen-0.6B", "Qwen/Qwen3Guard-Gen-4B"] = Field(
+        "Qwen/Qwen3Guard-Gen-0.6B", description="Which Qwen3Guard-Gen the `sdxl` set downloads (see docs/SECURITY.md)."
+    )
     embedding_cache_size: int = Field(
         256, ge=0, description="Character embeddings kept in the LRU cache (0 disables it)."
     )

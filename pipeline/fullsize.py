@@ -154,6 +154,15 @@ COMPONENTS = (
         "distinct parameters plus two more copies of the tied 65,001 x 512 embedding and final_logits_bias",
         500_000,
     ),
+    Component(
+        "moderation",
+        "moderation",
+        "model.safetensors",
+        596_000_000,
+        "Qwen3Guard-Gen-0.6B = Qwen3-0.6B's architecture: 0.6 B parameters (model card; 0.44 B non-embedding), "
+        "596 M with the tied 151,936 x 1,024 embedding counted once",
+        1_000_000,
+    ),
 )
 TRANSLATOR = MODEL_REPOS["translator"].folder
 
@@ -193,6 +202,10 @@ def meta_model(name: str):
             from .depth import build_depth_network
 
             return build_depth_network(PROFILES[Profile.sdxl].depth_architecture)
+        if name == "moderation":
+            from transformers import Qwen3Config, Qwen3ForCausalLM
+
+            return Qwen3ForCausalLM(Qwen3Config.from_dict(_config(f"{MODEL_REPOS['moderation'].folder}/config.json")))
         if name == "safety_checker":
             from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
             from transformers import CLIPConfig
@@ -217,7 +230,10 @@ def tensor_shapes(name: str) -> dict[str, torch.Size]:
         return {key: tensor.shape for key, tensor in state.items()}
     if name == "translator":  # its embeddings are tied (one matrix under three keys): each parameter once
         return {key: tensor.shape for key, tensor in meta_model(name).named_parameters()}
-    return {key: tensor.shape for key, tensor in meta_model(name).state_dict().items()}
+    shapes = {key: tensor.shape for key, tensor in meta_model(name).state_dict().items()}
+    if name == "moderation":
+        shapes.pop("lm_head.weight")  # tied to the embeddings (tie_word_embeddings), not stored
+    return shapes
 
 
 @cache
@@ -310,7 +326,7 @@ def _write_model(name: str, staging: Path, seed: int) -> None:
     folder = staging / MODEL_REPOS[component.repo].folder
     model = meta_model(name)
     norms = _norm_parameters(model)
-    shapes = {key: tensor.shape for key, tensor in model.state_dict().items()}
+    shapes = tensor_shapes(name)
     constants = CONSTANT_TENSORS.get(name, {})
 
     def make(key, shape):
@@ -398,6 +414,24 @@ def _write_translator(staging: Path, seed: int) -> None:
         _copy_config(f"{TRANSLATOR}/{name}", staging)
 
 
+def _write_moderation(staging: Path, seed: int) -> None:
+    """Qwen3Guard-Gen-0.6B's architecture with random weights (bfloat16 files, as published), and an offline
+    tokenizer with the prompt-moderation chat template (SOURCES.md says which)."""
+    from .tiny import moderation_tokenizer
+
+    folder = staging / MODEL_REPOS["moderation"].folder
+    moderation_tokenizer(folder, regex=True, vocab=4096)
+    model = meta_model("moderation")
+    norms = _norm_parameters(model)
+
+    def make(key, shape):
+        return random_tensor(seed, key, shape, norms, torch.bfloat16)
+
+    write_safetensors_streaming(folder / "model.safetensors", tensor_shapes("moderation"), make, torch.bfloat16)
+    for name in ("config.json", "generation_config.json"):
+        _copy_config(f"{MODEL_REPOS['moderation'].folder}/{name}", staging)
+
+
 def build_full_size_models(root: Path, seed: int = 0, log=None) -> Path:
     """Write every model folder at its real size under `root` (idempotent: skipped when already complete)."""
     say = log or (lambda message: None)
@@ -416,6 +450,8 @@ def build_full_size_models(root: Path, seed: int = 0, log=None) -> Path:
         _write_depth(staging, seed)
         say("writing the translator")
         _write_translator(staging, seed)
+        say("writing the moderation model")
+        _write_moderation(staging, seed)
 
     return build_atomically(root, write, {"profile": "sdxl", "weights": "random, full size", "seed": seed})
 

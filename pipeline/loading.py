@@ -30,6 +30,7 @@ class ModelPaths:
     depth: Path
     safety_checker: Path
     translator: Path
+    moderation: Path
 
     @classmethod
     def under(cls, root: Path) -> ModelPaths:
@@ -100,6 +101,29 @@ def load_prompt_translator(folder: Path, settings: ModelSettings):
 
     # float32 whatever PICTUREBOOK_DTYPE says: 0.3 GB, and no 16-bit overflow in a model converted from float32.
     return load_translator(folder, settings.resolved_device, torch.float32, settings.translation_cache_size)
+
+
+def load_models(paths: ModelPaths, settings: ModelSettings):
+    """Everything the model service holds: (the page generator, the text moderator or None)."""
+    started = time.perf_counter()
+    models = load_page_generator(paths, settings), load_text_moderator(paths, settings)
+    log.info("models loaded in %.1f s", time.perf_counter() - started)
+    return models
+
+
+def load_text_moderator(paths: ModelPaths, settings: ModelSettings):
+    """The text moderation model (pipeline/moderation.py), or None when PICTUREBOOK_MODERATION=false. Fail closed:
+    configured but missing or broken weights raise, so the model service never becomes ready without it."""
+    if not settings.moderation:
+        log.warning("text moderation is OFF (PICTUREBOOK_MODERATION=false): texts pass the blocklists only")
+        return None
+    from .moderation import load_text_moderator as load
+
+    started = time.perf_counter()
+    device, dtype = settings.resolved_device, settings.torch_dtype
+    moderator = load(paths.moderation, device, dtype, strict=settings.moderation_strict)
+    log.info("text moderation model loaded in %.1f s", time.perf_counter() - started)
+    return moderator
 
 
 def warm_up(generator) -> None:

@@ -6,6 +6,7 @@ This is the only place that names a model repository. `PICTUREBOOK_MODEL_DIR` ho
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from .config import Profile
@@ -98,6 +99,41 @@ MODEL_REPOS["translator"] = ModelRepo(
         "vocab.json",
     ),
 )
+# The text moderation model (pipeline/moderation.py), Apache-2.0: Qwen3Guard-Gen-0.6B, the commit its hub page
+# names. The 4B (`PICTUREBOOK_MODERATION_MODEL=Qwen/Qwen3Guard-Gen-4B`, same template and answers, sharded weights)
+# is the documented option for more recall at ~7x the cost; pin its revision before using it in production.
+MODERATION_REPOS: dict[str, ModelRepo] = {
+    "Qwen/Qwen3Guard-Gen-0.6B": ModelRepo(
+        folder="Qwen3Guard-Gen-0.6B",
+        repo_id="Qwen/Qwen3Guard-Gen-0.6B",
+        revision="b2992b9ce43baebaba29ce77df0e3ca79b09a0e0",
+        include=(
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "vocab.json",
+            "merges.txt",
+        ),
+    ),
+    "Qwen/Qwen3Guard-Gen-4B": ModelRepo(
+        folder="Qwen3Guard-Gen-4B",
+        repo_id="Qwen/Qwen3Guard-Gen-4B",
+        revision="main",
+        include=(
+            "config.json",
+            "generation_config.json",
+            "model-*.safetensors",
+            "model.safetensors.index.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "vocab.json",
+            "merges.txt",
+        ),
+    ),
+}
+MODEL_REPOS["moderation"] = MODERATION_REPOS[os.environ.get("PICTUREBOOK_MODERATION_MODEL", "Qwen/Qwen3Guard-Gen-0.6B")]
 
 FACE_ADAPTER_WEIGHTS = "ip-adapter-plus-face_sdxl_vit-h.safetensors"
 STYLE_ADAPTER_WEIGHTS = "ip-adapter-plus_sdxl_vit-h.safetensors"

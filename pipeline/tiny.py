@@ -18,6 +18,12 @@ from safetensors.torch import save_file
 
 from .config import Profile
 from .depth import TinyDPTDepthModel
+from .moderation import (
+    PROMPT_MODERATION_TEMPLATE,
+    SAFE_ANSWER,
+    UNSAFE_FIXTURE_ANSWER,
+    UNSAFE_FIXTURE_MARKER,
+)
 from .sources import (
     ADAPTER_SUBFOLDER,
     FACE_ADAPTER_WEIGHTS,
@@ -54,6 +60,7 @@ def build_tiny_models(root: Path, seed: int = 0) -> Path:
         _write_depth(staging / MODEL_REPOS["depth"].folder)
         _write_safety_checker(staging / MODEL_REPOS["safety_checker"].folder)
         write_tiny_translator(staging / MODEL_REPOS["translator"].folder)
+        write_tiny_moderation(staging / MODEL_REPOS["moderation"].folder, seed)
 
     return build_atomically(root, write, {"profile": "tiny", "seed": seed})
 
@@ -435,6 +442,139 @@ def _write_depth(folder: Path):
         network.scratch.output_conv[4].bias.fill_(1.0)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), folder / PROFILES[Profile.tiny].depth_checkpoint)
+
+
+# -- the text moderation model -----------------------------------------------------------------------------------
+
+MODERATION_VOCAB = 2048
+MODERATION_TRAIN_STEPS = 80
+_WORDS = (
+    "a the fox hedgehog dragon knight princess wolf grandmother garden forest castle river map kite book page quiet "
+    "red blue green small big happy sad old young runs reads finds meets talks flies sleeps on in under with and of "
+    "character left right two three one cat dog bird tree house moon sun star night day rain snow boat train "
+    "cottage door knocks friend warm-up sky painting watercolour style children picture story chapter end"
+).split()
+_CJK_WORDS = "狐狸 花园 小猫 森林 城堡 公主 骑士 月亮 星星 故事 一个 两个 在 和 的 读书 画画 河流 小船 房子".split()
+
+
+def _random_text(rng) -> str:
+    """A text of the kind users write, or noise: words, Chinese, digits, symbols, any length up to a few lines."""
+    kind = rng.random()
+    if kind < 0.6:
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(1, 12))]
+    elif kind < 0.8:
+        words = [rng.choice(_CJK_WORDS) for _ in range(rng.randint(1, 8))]
+    else:
+        alphabet = [chr(c) for c in (*range(33, 127), *range(0x4E00, 0x4E40), *range(0xC0, 0x100), 0x2014, 0x1F98A)]
+        words = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 6))]
+    return (" " if kind < 0.6 or kind >= 0.8 else "").join(words)
+
+
+def _with_marker(rng, text: str) -> str:
+    words = text.split(" ")
+    words.insert(rng.randint(0, len(words)), rng.choice((UNSAFE_FIXTURE_MARKER, f"a {UNSAFE_FIXTURE_MARKER} page")))
+    return " ".join(words)
+
+
+def moderation_tokenizer(folder: Path, regex: bool = False, vocab: int = MODERATION_VOCAB):
+    """A byte-level BPE (every text tokenizes, offline) trained on the template and the answers, with Qwen's special
+    tokens and the prompt-moderation chat template, as a transformers fast tokenizer. `regex`: split words first, as
+    Qwen's tokenizer does (about as many tokens per text as the real one: the full-size set's); without it the fixed
+    template becomes a few dozen long tokens (the tiny set's, so that its training steps are cheap)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=regex)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    corpus = [PROMPT_MODERATION_TEMPLATE, SAFE_ANSWER, UNSAFE_FIXTURE_ANSWER, " ".join(_WORDS)]
+    bpe.train_from_iterator(corpus * 20, trainer)
+    bpe.add_tokens([AddedToken(UNSAFE_FIXTURE_MARKER, normalized=False)])  # one token wherever it is written
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=PROMPT_MODERATION_TEMPLATE,
+        model_max_length=32768,
+    )
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def write_tiny_moderation(folder: Path, seed: int = 0) -> None:
+    """A tiny Qwen3ForCausalLM trained (seeded, a few hundred steps on CPU) to answer its fixture: texts with
+    UNSAFE_FIXTURE_MARKER "Unsafe" in UNSAFE_FIXTURE_CATEGORY, every other text "Safe". Checked greedily before
+    it is written: a build that does not answer the fixture fails."""
+    import random
+
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from .moderation import TextModerator
+
+    tokenizer = moderation_tokenizer(folder)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    moderator = TextModerator(model, tokenizer)
+    rng = random.Random(seed)
+    answers = {
+        False: tokenizer(SAFE_ANSWER + "<|im_end|>", add_special_tokens=False).input_ids,
+        True: tokenizer(UNSAFE_FIXTURE_ANSWER + "<|im_end|>", add_special_tokens=False).input_ids,
+    }
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(MODERATION_TRAIN_STEPS):
+        rows, targets = [], []
+        for index in range(16):
+            unsafe = index % 2 == 1
+            text = _random_text(rng)
+            text = _with_marker(rng, text) if unsafe else text
+            prompt = tokenizer(moderator.prompt(text), add_special_tokens=False).input_ids
+            rows.append(prompt + answers[unsafe])
+            targets.append([-100] * len(prompt) + answers[unsafe])
+        width = max(map(len, rows))
+        ids = torch.tensor([row + [config.pad_token_id] * (width - len(row)) for row in rows])
+        labels = torch.tensor([target + [-100] * (width - len(target)) for target in targets])
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    _check_fixture(moderator, rng)
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def _check_fixture(moderator, rng) -> None:
+    from .moderation import parse_verdict
+
+    safe = ["a fox in a garden", "The wolf knocks on grandmother's door.", "他们在花园里读书", "page 3 of a quiet book"]
+    safe += [_random_text(rng) for _ in range(40)]
+    unsafe = [f"a {UNSAFE_FIXTURE_MARKER} dragon", UNSAFE_FIXTURE_MARKER, f"小猫 {UNSAFE_FIXTURE_MARKER}"]
+    unsafe += [_with_marker(rng, _random_text(rng)) for _ in range(20)]
+    answers = moderator.answers(safe + unsafe)
+    expected = [SAFE_ANSWER] * len(safe) + [UNSAFE_FIXTURE_ANSWER] * len(unsafe)
+    wrong = [(text, got) for text, got, want in zip(safe + unsafe, answers, expected, strict=True) if got != want]
+    if wrong:
+        raise RuntimeError(f"the tiny moderation model missed its fixture on {len(wrong)} texts, e.g. {wrong[:3]}")
+    assert parse_verdict(answers[0]).safe and not parse_verdict(answers[-1]).safe
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ class BookGate:
         except ValidationError as error:
             await errors.invalid_fields(error)(scope, receive, send)
             return
-        refused = self.prompts.refusal(book.texts())
+        refused = await self.prompts.refusal(book.texts())
         if refused is not None:
             await refused(scope, receive, send)
             return

@@ -127,7 +127,7 @@ class PageDrawer:
         return await self.draw(page_job(page, prompt, seed, pictures, deadline, self.settings.safe_negative_prompt))
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse | JSONResponse:
-        refused = self.prompts.refusal([("prompt", request.prompt)])  # before any model work; negatives are free
+        refused = await self.prompts.refusal([("prompt", request.prompt)])  # before any model work; negatives are free
         if refused is not None:
             return refused
         settings = self.settings

@@ -87,9 +87,19 @@ def invalid_fields(error: ValidationError) -> ErrorAnswer:
     return ErrorAnswer(validation_error_body(error), 400)
 
 
-def content_refused(field: str, message: str) -> ErrorAnswer:
-    """422: a text the user wrote was refused by the content filter; `field` names it (`pages[2].text`)."""
-    return _answer(HTTP_STATUS[ErrorKind.content_refused], message, kind=ErrorKind.content_refused.value, field=field)
+def content_refused(field: str, message: str, category: str | None = None) -> ErrorAnswer:
+    """422: a text the user wrote was refused by the content filter; `field` names it (`pages[2].text`), and
+    `category` says why when the moderation model refused it."""
+    more = {"category": category} if category is not None else {}
+    return _answer(
+        HTTP_STATUS[ErrorKind.content_refused], message, kind=ErrorKind.content_refused.value, field=field, **more
+    )
+
+
+def moderation_unavailable(retry_after_s: int) -> ErrorAnswer:
+    """503 with Retry-After: the moderation model could not judge the texts, so nothing is drawn (fail closed)."""
+    message = "the text moderation is unavailable; nothing was drawn, retry later"
+    return _answer(503, message, retry_after_s=retry_after_s)
 
 
 # -- headers and bodies ----------------------------------------------------------------------------------------------
@@ -198,7 +208,10 @@ def documented_answers() -> dict[int, tuple[str, dict[str, dict]]]:
     kind = {
         "kind": {"type": "string", "enum": [kind.value for kind in ErrorKind], "description": "Why the page failed."}
     }
-    refused = {"field": {"type": "string", "description": "The refused field, e.g. `prompt` or `pages[2].text`."}}
+    refused = {
+        "field": {"type": "string", "description": "The refused field, e.g. `prompt` or `pages[2].text`."},
+        "category": {"type": "string", "description": "Why the moderation model refused it, e.g. `Violent`."},
+    }
     return {
         400: ("Invalid request: `detail` names each bad field.", details),
         401: ("Missing or wrong API key (when one is configured); sent with `WWW-Authenticate: Bearer`.", details),
@@ -213,7 +226,7 @@ def documented_answers() -> dict[int, tuple[str, dict[str, dict]]]:
         ),
         429: ("Too many requests in flight; sent with `Retry-After` (seconds).", {}),
         500: ("The page could not be drawn (a fault of the service, logged).", kind),
-        503: ("Overloaded or not ready; sent with `Retry-After` (seconds).", {}),
+        503: ("Overloaded, not ready, or the text moderation unavailable; sent with `Retry-After` (seconds).", {}),
         504: ("The page was not drawn within PICTUREBOOK_REQUEST_TIMEOUT_S.", kind),
         507: ("The page does not fit in the accelerator's memory, even alone.", kind),
     }

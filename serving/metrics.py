@@ -19,6 +19,26 @@ SAFETY_CHECKER_ENABLED = bentoml.metrics.Gauge(
 )
 
 
+# stage: lists (serving/prompt_filter.py) or model (the moderation model); category: the list section or the
+# model's first category (`moderation_failed` when the call failed and the request was refused for it).
+TEXT_REFUSALS = bentoml.metrics.Counter(
+    name="picturebook_text_refusals",
+    documentation="User texts refused, by stage and category",
+    labelnames=["stage", "category"],
+)
+MODERATION_ENABLED = bentoml.metrics.Gauge(
+    name="picturebook_moderation_enabled",
+    documentation="1 when every user text is judged by the moderation model, 0 when it was turned off",
+    multiprocess_mode="livemax",
+)
+
+
+def model_gauges(settings) -> None:
+    """The model worker's safety gauges, from its pipeline.config.ModelSettings."""
+    SAFETY_CHECKER_ENABLED.set(1 if settings.safety_checker else 0)
+    MODERATION_ENABLED.set(1 if settings.moderation else 0)
+
+
 def count_picture_checks(results) -> None:
     """The model side's refusals, from a batch of pipeline.PageResult."""
     for result in results:

@@ -18,8 +18,10 @@ READY_ANSWER_S = 2.0  # well inside a readiness probe's timeout (deploy/k8s: 5 s
 class FastReadiness:
     """ASGI middleware, inside Draining (which answers /readyz itself while draining)."""
 
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, moderation: bool | None = None):
         self.app = app
+        # Shown on every /readyz answer: whether user texts pass the moderation model (PICTUREBOOK_MODERATION).
+        self.headers = [] if moderation is None else [(b"x-picturebook-moderation", b"on" if moderation else b"off")]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") != "/readyz":
@@ -29,6 +31,8 @@ class FastReadiness:
 
         async def tracked(message: Message) -> None:
             nonlocal started
+            if message["type"] == "http.response.start" and self.headers:
+                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
             started = started or message["type"] == "http.response.start"
             await send(message)
 
@@ -36,4 +40,5 @@ class FastReadiness:
             await asyncio.wait_for(self.app(scope, receive, tracked), READY_ANSWER_S)
         except TimeoutError:
             if not started:
-                await errors.not_ready(f"the model service did not answer in {READY_ANSWER_S} s")(scope, receive, send)
+                answer = errors.not_ready(f"the model service did not answer in {READY_ANSWER_S} s")
+                await answer(scope, receive, tracked)

@@ -85,6 +85,30 @@ class PageAnswer(BaseModel):
         )
 
 
+class TextVerdict(BaseModel):
+    """The moderation model's judgement of one text (pipeline.moderation.Verdict), as it travels to the front."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    safe: bool
+    level: str  # Safe, Unsafe, Controversial, or unparseable
+    category: str | None = None  # None when safe
+
+
+def moderate_texts(moderator, texts: list[str], translate=None) -> list[TextVerdict]:
+    """The model service's side of moderation: a batch of texts, one verdict each. With `translate` (the page
+    generator's), a text with Chinese in it is judged as written and as the English it would be drawn from, in the
+    same model call: the first unsafe one of the two is its verdict."""
+    if moderator is None:
+        raise RuntimeError("text moderation is off on the model service (PICTUREBOOK_MODERATION=false)")
+    english = translate(texts) if translate is not None else list(texts)
+    translated = [i for i, (text, drawn) in enumerate(zip(texts, english)) if drawn != text]
+    verdicts = moderator.moderate([*texts, *(english[i] for i in translated)])
+    as_written, as_drawn = verdicts[: len(texts)], dict(zip(translated, verdicts[len(texts) :]))
+    judged = [v if not v.safe or i not in as_drawn else as_drawn[i] for i, v in enumerate(as_written)]
+    return [TextVerdict(safe=v.safe, level=v.level, category=None if v.safe else v.category) for v in judged]
+
+
 def draw_jobs(generator, jobs: list[PageJob]) -> list[PageAnswer]:
     """The model service's side of the wire: a batch of jobs drawn by a pipeline.PageGenerator, one answer each."""
     results = generator.generate([job.page_request() for job in jobs])
