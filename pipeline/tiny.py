@@ -8,8 +8,11 @@ down-samples 8x to match, a CLIP vision encoder, and IP-Adapter *plus* resampler
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +63,7 @@ def build_tiny_models(root: Path, seed: int = 0) -> Path:
         _write_depth(staging / MODEL_REPOS["depth"].folder)
         _write_safety_checker(staging / MODEL_REPOS["safety_checker"].folder)
         write_tiny_translator(staging / MODEL_REPOS["translator"].folder)
-        write_tiny_moderation(staging / MODEL_REPOS["moderation"].folder, seed)
+        trained_tiny_moderation(staging / MODEL_REPOS["moderation"].folder, seed)
 
     return build_atomically(root, write, {"profile": "tiny", "seed": seed})
 
@@ -503,6 +506,29 @@ def moderation_tokenizer(folder: Path, regex: bool = False, vocab: int = MODERAT
     )
     tokenizer.save_pretrained(folder)
     return tokenizer
+
+
+def trained_tiny_moderation(folder: Path, seed: int = 0) -> None:
+    """`write_tiny_moderation`, trained once per machine: training is the one slow part of the tiny build (about a
+    minute on 2 cores), and every test session and server builds the tiny set. The result is kept in the user's
+    cache under a key of the code that makes it (this module, pipeline/moderation.py), the seed and the library
+    versions, so a change to any of them trains again; seeded, it is the same model either way."""
+    import transformers
+
+    code = b"".join((Path(__file__).parent / name).read_bytes() for name in ("tiny.py", "moderation.py"))
+    versions = f"{seed} {torch.__version__} {transformers.__version__}".encode()
+    key = hashlib.sha256(code + versions).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "picturebook" / f"tiny-moderation-{key}"
+    if not cache.is_dir():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=cache.name + ".", dir=cache.parent))
+        write_tiny_moderation(staging / "model", seed)
+        try:
+            (staging / "model").rename(cache)  # atomic: a concurrent build that got there first wins
+        except OSError:
+            pass
+        shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(cache, folder)
 
 
 def write_tiny_moderation(folder: Path, seed: int = 0) -> None:
