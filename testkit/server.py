@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -98,6 +99,35 @@ def stop(process: subprocess.Popen, grace_s: float = 30) -> int:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     return process.returncode
+
+
+def assert_never_ready(model_dir: Path, bentoml_home: Path, log: Path, reported: str, within_s: float) -> None:
+    """Serve a model set whose weights for one model are missing: the log names what is missing (`reported`, a
+    regular expression) within `within_s`, and `/readyz` keeps answering anything but 200 (or nothing at all, while
+    the front waits on a model worker that keeps failing). Fail closed."""
+    port = free_port()
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=server_env(bentoml_home, PICTUREBOOK_MODEL_DIR=str(model_dir)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + within_s
+        while not re.search(reported, log.read_text(errors="replace")):
+            assert time.monotonic() < deadline, f"the missing weights ({reported}) were never reported"
+            time.sleep(0.5)
+        for _ in range(10):
+            try:
+                assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code != 200
+            except requests.RequestException:
+                pass  # no answer: not ready either
+            time.sleep(0.5)
+    finally:
+        stop(process)
 
 
 def _front_worker(url: str) -> tuple[int, dict]:

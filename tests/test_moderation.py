@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
@@ -24,7 +22,7 @@ from pipeline.moderation import (
     parse_verdict,
 )
 from pipeline.sources import MODEL_REPOS
-from testkit.server import REPO, bentoml_serve, free_port, metric, server_env, stop
+from testkit.server import assert_never_ready, bentoml_serve, free_port, metric
 
 MARKER = UNSAFE_FIXTURE_MARKER
 
@@ -176,36 +174,9 @@ def test_moderation_off_is_logged_and_shown_and_lets_the_fixture_through(tmp_pat
 def test_the_service_never_becomes_ready_without_the_moderation_weights(tmp_path, tiny_dir, bentoml_home):
     folder = MODEL_REPOS["moderation"].folder
     partial = tmp_path / "models"
-    shutil.copytree(tiny_dir, partial, ignore=shutil.ignore_patterns("model.safetensors"))
-    for other in MODEL_REPOS.values():  # only the moderation model's weights are missing
-        if other.folder != folder:
-            shutil.rmtree(partial / other.folder)
-            shutil.copytree(tiny_dir / other.folder, partial / other.folder)
-    port = free_port()
-    log = tmp_path / "serve.log"
-    environment = server_env(bentoml_home, PICTUREBOOK_MODEL_DIR=str(partial))
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=environment,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while not re.search(re.escape(folder), log.read_text(errors="replace")):
-            assert time.monotonic() < deadline, "the missing moderation weights were never reported"
-            time.sleep(0.5)
-        for _ in range(10):
-            try:
-                assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code != 200
-            except requests.RequestException:
-                pass  # no answer: not ready either
-            time.sleep(0.5)
-    finally:
-        stop(process)
+    shutil.copytree(tiny_dir, partial)
+    (partial / folder / "model.safetensors").unlink()  # only the moderation model's weights are missing
+    assert_never_ready(partial, bentoml_home, tmp_path / "serve.log", re.escape(folder), within_s=120)
 
 
 def test_a_chinese_text_is_judged_as_written_and_as_the_english_it_is_drawn_from(moderator):

@@ -3,11 +3,7 @@ StableDiffusionSafetyChecker, a tiny one on this profile), redraw then refuse, f
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -18,7 +14,7 @@ from pipeline.generator import redraw_seed
 from pipeline.safety import flagged_fixture
 from pipeline.sources import MODEL_REPOS
 from testkit.pictures import picture, png_b64
-from testkit.server import REPO, bentoml_serve, free_port, metric, server_env
+from testkit.server import assert_never_ready, bentoml_serve, free_port, metric
 
 FLAG_MARKER = "FLAGGED-BY-TEST"
 FLAG_SEED = 777
@@ -134,30 +130,5 @@ def test_metrics_show_the_checker_is_on(served):
 def test_the_service_never_becomes_ready_without_the_checkers_weights(tmp_path, tiny_dir, bentoml_home):
     partial = tmp_path / "models"
     shutil.copytree(tiny_dir, partial, ignore=shutil.ignore_patterns(MODEL_REPOS["safety_checker"].folder))
-    port = free_port()
-    log = tmp_path / "serve.log"
-    environment = server_env(bentoml_home, PICTUREBOOK_MODEL_DIR=str(partial))
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=environment,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while not re.search(r"safety-checker|stable-diffusion-safety-checker", log.read_text(errors="replace")):
-            assert time.monotonic() < deadline, "the missing checker was never reported"
-            time.sleep(0.5)
-        for _ in range(10):  # the front answers, and keeps saying not ready
-            try:
-                assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code != 200
-            except requests.RequestException:
-                pass  # no answer (the front waits on a model worker that keeps failing): not ready either
-            time.sleep(0.5)
-    finally:
-        from testkit.server import stop
-
-        stop(process)
+    reported = r"safety-checker|stable-diffusion-safety-checker"
+    assert_never_ready(partial, bentoml_home, tmp_path / "serve.log", reported, within_s=60)
