@@ -47,7 +47,9 @@ def served(tmp_path_factory, bentoml_home):
 
 
 def submit(url, body):
-    return requests.post(f"{url}/book/submit", json=body, timeout=30)
+    # Submit moderates the whole book on the model service's one torch thread, so it can wait behind a batch of
+    # pages already being drawn (docs/SECURITY.md, "Layer 2: the moderation model"): tens of seconds on 2 loaded cores.
+    return requests.post(f"{url}/book/submit", json=body, timeout=120)
 
 
 def wait_for(url, task_id, on_progress=None, timeout_s=300):
