@@ -50,6 +50,14 @@ def load_page_generator(paths: ModelPaths, settings: ModelSettings):
     device, dtype = settings.resolved_device, settings.torch_dtype
     keep_freed_memory()  # before the first tensor: every process that draws pages allocates the same way
     log.info("loading %s models on %s as %s", settings.profile.value, device, dtype)
+    if settings.safety_checker:
+        # Fail closed, and first: a checker that is configured but cannot load stops start-up before the large
+        # models load (an operator hears of missing weights in seconds), so the service never becomes ready
+        # without it.
+        checker = load_picture_checker(paths.safety_checker, device, dtype)
+    else:
+        checker = None
+        log.warning("the picture safety checker is OFF (PICTUREBOOK_SAFETY_CHECKER=false): pages are not checked")
     # use_safetensors=True: diffusers refuses pickled .bin weights instead of falling back to them.
     controlnet = ControlNetModel.from_pretrained(paths.controlnet, torch_dtype=dtype, use_safetensors=True)
     vae = AutoencoderKL.from_pretrained(paths.vae, torch_dtype=dtype, use_safetensors=True)
@@ -75,13 +83,6 @@ def load_page_generator(paths: ModelPaths, settings: ModelSettings):
     speedups.after_adapters(pipe, settings)
     pipe.set_progress_bar_config(disable=True)
     depth = load_depth_estimator(paths.depth / spec.depth_checkpoint, spec.depth_architecture, device)
-    if settings.safety_checker:
-        # Fail closed: a checker that is configured but cannot load stops start-up, so the service never
-        # becomes ready without it.
-        checker = load_picture_checker(paths.safety_checker, device, dtype)
-    else:
-        checker = None
-        log.warning("the picture safety checker is OFF (PICTUREBOOK_SAFETY_CHECKER=false): pages are not checked")
     translator = load_prompt_translator(paths.translator, settings)
     generator = PageGenerator(pipe, depth, settings, spec, checker=checker, translator=translator)
     release_freed_memory()  # what loading needed and freed; from here on, pages keep their own working set
@@ -106,7 +107,10 @@ def load_prompt_translator(folder: Path, settings: ModelSettings):
 def load_models(paths: ModelPaths, settings: ModelSettings):
     """Everything the model service holds: (the page generator, the text moderator or None)."""
     started = time.perf_counter()
-    models = load_page_generator(paths, settings), load_text_moderator(paths, settings)
+    keep_freed_memory()  # before the moderator's first tensor too
+    # The moderator first: missing or broken weights fail the start in seconds, before the large models load.
+    moderator = load_text_moderator(paths, settings)
+    models = load_page_generator(paths, settings), moderator
     log.info("models loaded in %.1f s", time.perf_counter() - started)
     return models
 
