@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -9,8 +10,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,6 +49,16 @@ def server_env(bentoml_home: Path, **extra: str) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         **extra,
     }
+
+
+def home_sharing_models(shared: Path, home: Path) -> Path:
+    """A BentoML home of its own (`home`, created) that uses `shared`'s model store: the tiny weights are built into
+    the store once, while BENTOML_HOME/prometheus_multiproc_dir, which BentoML empties at every start, stays this
+    home's, so a server started later in `shared` cannot take away this one's /metrics values."""
+    (shared / "models").mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to(shared / "models", target_is_directory=True)
+    return home
 
 
 @contextmanager
@@ -101,10 +114,18 @@ def stop(process: subprocess.Popen, grace_s: float = 30) -> int:
     return process.returncode
 
 
-def assert_never_ready(model_dir: Path, bentoml_home: Path, log: Path, reported: str, within_s: float) -> None:
+def assert_never_ready(
+    model_dir: Path,
+    bentoml_home: Path,
+    log: Path,
+    reported: str,
+    within_s: float,
+    on_reported: Callable[[], None] | None = None,
+) -> None:
     """Serve a model set whose weights for one model are missing: the log names what is missing (`reported`, a
     regular expression) within `within_s`, and `/readyz` keeps answering anything but 200 (or nothing at all, while
-    the front waits on a model worker that keeps failing). Fail closed."""
+    the front waits on a model worker that keeps failing). Fail closed. `on_reported` is called once the log has
+    named it (never_ready_all starts the next server then)."""
     port = free_port()
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -120,6 +141,8 @@ def assert_never_ready(model_dir: Path, bentoml_home: Path, log: Path, reported:
         while not re.search(reported, log.read_text(errors="replace")):
             assert time.monotonic() < deadline, f"the missing weights ({reported}) were never reported"
             time.sleep(0.5)
+        if on_reported is not None:
+            on_reported()
         for _ in range(10):
             try:
                 assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code != 200
@@ -127,7 +150,45 @@ def assert_never_ready(model_dir: Path, bentoml_home: Path, log: Path, reported:
                 pass  # no answer: not ready either
             time.sleep(0.5)
     finally:
-        stop(process)
+        kill_tree(process)
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a `bentoml serve` and every process under it, at once. For a broken server, whose shutdown is not
+    what is tested: its model worker, restarting, finishes its next failed start before it heeds SIGTERM (20-30 s
+    on a busy machine). The workers are not in the server's process group (circus starts each in a session of its
+    own), so they are found as its descendants, before the server dies and they are orphaned."""
+    try:
+        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    process.wait()
+    psutil.wait_procs(family, timeout=10)
+
+
+def never_ready_all(starts: dict[str, tuple[Path, Path, str, float]], bentoml_home: Path) -> dict:
+    """`assert_never_ready` for several model sets, each its own server, port and log: {name: what it raised, or
+    None}. `starts` maps a name to (model_dir, log, reported, within_s). Overlapped, not at once: each server starts
+    once the one before has reported its missing weights, so one start's CPU-bound part runs while the one before
+    sits in its ten /readyz polls (each waits out the front's 2 s bound on the failing model worker)."""
+    names = list(starts)
+    reported = {name: threading.Event() for name in names}
+
+    def one(index: int, name: str) -> None:
+        if index:
+            reported[names[index - 1]].wait()
+        try:
+            model_dir, log, pattern, within_s = starts[name]
+            assert_never_ready(model_dir, bentoml_home, log, pattern, within_s, on_reported=reported[name].set)
+        finally:
+            reported[name].set()  # also when it failed before reporting: the next one starts regardless
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        futures = {name: pool.submit(one, index, name) for index, name in enumerate(names)}
+    return {name: future.exception() for name, future in futures.items()}
 
 
 def _front_worker(url: str) -> tuple[int, dict]:

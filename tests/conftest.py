@@ -1,12 +1,14 @@
 import re
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from pipeline import ModelPaths, ModelSettings, Profile, load_page_generator
+from pipeline.sources import MODEL_REPOS
 from pipeline.tiny import build_tiny_models
-from testkit.server import REPO, server_env
+from testkit.server import REPO, bentoml_serve, free_port, home_sharing_models, never_ready_all, server_env
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +46,53 @@ def built_bento(bentoml_home):
     """`PICTUREBOOK_PROFILE=tiny bentoml build`, offline: (tag, bento folder)."""
     tag = re.search(r"picturebook:\w+", bentoml_cli(bentoml_home, "build", "--output", "tag")).group(0)
     return tag, bentoml_home / "bentos" / "picturebook" / tag.split(":")[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tmp_path_factory, bentoml_home):
+    """The one shared `bentoml serve` with every setting at its default (tiny profile, loopback): (url, log). Every
+    module that needs no special setting uses it, rather than starting a server of its own (a start is ~15 s of
+    this machine's two cores); servers with special settings are started only where the setting is what is tested,
+    or where the test stops the server. Its own BentoML home over the session's model store (home_sharing_models):
+    the other servers started meanwhile in `bentoml_home` would otherwise empty its /metrics. Tests that use it
+    read metrics as differences (before and after) and search its log for what only they cause."""
+    home = home_sharing_models(bentoml_home, tmp_path_factory.mktemp("tiny_server") / "home")
+    log = home.parent / "serve.log"
+    with bentoml_serve(log, home, free_port()) as (url, _):
+        yield url, log
+
+
+@pytest.fixture(scope="session")
+def checkers_off_server(tmp_path_factory, bentoml_home):
+    """One server with both checkers off, on every interface with no API key: (url, log). Each setting is what a
+    test reads back, each from its own metric, header and log line: the picture checker off
+    (PICTUREBOOK_SAFETY_CHECKER=false) and the warning for 0.0.0.0 without a key (tests/test_listening.py), and
+    the moderation model off (PICTUREBOOK_MODERATION=false, tests/test_moderation.py). One start instead of two.
+    Its own BentoML home over the session's model store, as tiny_server's."""
+    home = home_sharing_models(bentoml_home, tmp_path_factory.mktemp("checkers_off") / "home")
+    log = home.parent / "serve.log"
+    env = {"PICTUREBOOK_SAFETY_CHECKER": "false", "PICTUREBOOK_MODERATION": "false"}
+    with bentoml_serve(log, home, free_port(), host="0.0.0.0", **env) as (url, _):
+        yield url, log
+
+
+@pytest.fixture(scope="session")
+def fail_closed_starts(tmp_path_factory, tiny_dir, bentoml_home):
+    """The two fail-closed starts, run at once (testkit.server.never_ready_all): {name: what its
+    `assert_never_ready` raised, or None}. Each server misses one model's weights and nothing else, so what its
+    log must name stays specific:
+    - "safety_checker": the picture checker's folder is absent (tests/test_safety.py);
+    - "moderation": only the moderation model's `model.safetensors` is gone (tests/test_moderation.py)."""
+    root = tmp_path_factory.mktemp("fail_closed")
+    checker = MODEL_REPOS["safety_checker"].folder
+    no_checker = root / "models-without-the-checker"
+    shutil.copytree(tiny_dir, no_checker, ignore=shutil.ignore_patterns(checker))
+    moderation = MODEL_REPOS["moderation"].folder
+    no_moderation = root / "models-without-the-moderator"
+    shutil.copytree(tiny_dir, no_moderation)
+    (no_moderation / moderation / "model.safetensors").unlink()
+    starts = {  # the tighter bound starts alone; the second starts while the first polls /readyz
+        "safety_checker": (no_checker, root / "checker.log", r"safety-checker|stable-diffusion-safety-checker", 60),
+        "moderation": (no_moderation, root / "moderation.log", re.escape(moderation), 120),
+    }
+    return never_ready_all(starts, bentoml_home)

@@ -3,8 +3,6 @@ trained on one fixture), after the blocklists, for /generate and for a whole boo
 
 from __future__ import annotations
 
-import re
-import shutil
 import time
 
 import pytest
@@ -22,7 +20,7 @@ from pipeline.moderation import (
     parse_verdict,
 )
 from pipeline.sources import MODEL_REPOS
-from testkit.server import assert_never_ready, bentoml_serve, free_port, metric
+from testkit.server import metric
 
 MARKER = UNSAFE_FIXTURE_MARKER
 
@@ -36,10 +34,9 @@ def refusals(url, stage, category) -> float:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, bentoml_home):
-    log = tmp_path_factory.mktemp("moderation") / "serve.log"
-    with bentoml_serve(log, bentoml_home, free_port()) as (url, _):
-        yield url, log
+def served(tiny_server):
+    """Moderation is on by default: the session's shared server (tests/conftest.py)."""
+    return tiny_server
 
 
 @pytest.fixture(scope="module")
@@ -161,22 +158,22 @@ def test_moderation_on_is_shown_in_readyz_and_metrics(served):
     assert metric(url, "picturebook_moderation_enabled") == 1
 
 
-def test_moderation_off_is_logged_and_shown_and_lets_the_fixture_through(tmp_path, bentoml_home):
-    log = tmp_path / "serve.log"
-    with bentoml_serve(log, bentoml_home, free_port(), PICTUREBOOK_MODERATION="false") as (url, _):
-        assert requests.get(f"{url}/readyz", timeout=5).headers["x-picturebook-moderation"] == "off"
-        assert metric(url, "picturebook_moderation_enabled") == 0
-        drawn = requests.post(f"{url}/generate", json={"prompt": f"a {MARKER} fox", "seed": 1}, timeout=120)
-        assert drawn.status_code == 200, drawn.text
+def test_moderation_off_is_logged_and_shown_and_lets_the_fixture_through(checkers_off_server):
+    """PICTUREBOOK_MODERATION=false: the session's server with both checkers off (tests/conftest.py)."""
+    url, log = checkers_off_server
+    assert requests.get(f"{url}/readyz", timeout=5).headers["x-picturebook-moderation"] == "off"
+    assert metric(url, "picturebook_moderation_enabled") == 0
+    drawn = requests.post(f"{url}/generate", json={"prompt": f"a {MARKER} fox", "seed": 1}, timeout=120)
+    assert drawn.status_code == 200, drawn.text
     assert "text moderation is OFF (PICTUREBOOK_MODERATION=false)" in log.read_text(errors="replace")
 
 
-def test_the_service_never_becomes_ready_without_the_moderation_weights(tmp_path, tiny_dir, bentoml_home):
-    folder = MODEL_REPOS["moderation"].folder
-    partial = tmp_path / "models"
-    shutil.copytree(tiny_dir, partial)
-    (partial / folder / "model.safetensors").unlink()  # only the moderation model's weights are missing
-    assert_never_ready(partial, bentoml_home, tmp_path / "serve.log", re.escape(folder), within_s=120)
+def test_the_service_never_becomes_ready_without_the_moderation_weights(fail_closed_starts):
+    """Only the moderation model's weights are missing: the log names its folder and /readyz never answers 200.
+    Started alongside the picture checker's fail-closed start (tests/conftest.py, fail_closed_starts)."""
+    failure = fail_closed_starts["moderation"]
+    if failure is not None:
+        raise failure
 
 
 def test_a_chinese_text_is_judged_as_written_and_as_the_english_it_is_drawn_from(moderator):
