@@ -8,21 +8,16 @@ import pytest
 import requests
 
 from serving.listening import listening_address, open_to_the_network
-from testkit.server import bentoml_serve, free_port
 
 WARNING = "listening on all interfaces"
 
 
 @pytest.fixture(scope="module")
-def open_server(tmp_path_factory):
-    """All interfaces, no key, and the picture checker off (the other setting /metrics reports). Its own BentoML
-    home: BentoML keeps /metrics' values in BENTOML_HOME/prometheus_multiproc_dir and empties it at every start, so
-    the loopback server below, started meanwhile in a shared home, would take this one's values away."""
-    home = tmp_path_factory.mktemp("open_home")
-    log = home / "serve.log"
-    env = {"PICTUREBOOK_SAFETY_CHECKER": "false"}
-    with bentoml_serve(log, home, free_port(), host="0.0.0.0", **env) as (url, _):
-        yield url, log
+def open_server(checkers_off_server):
+    """All interfaces, no key, and the picture checker off (the other setting /metrics reports): the session's
+    server with both checkers off (tests/conftest.py), in a BentoML home of its own, since BentoML keeps /metrics'
+    values in BENTOML_HOME/prometheus_multiproc_dir and empties it at every start."""
+    return checkers_off_server
 
 
 def samples(url: str, name: str) -> list[str]:
@@ -39,12 +34,12 @@ def test_all_interfaces_without_a_key_is_warned_at_start(open_server):
     assert "WARNING" in line or "warning" in line.lower()
 
 
-def test_loopback_without_a_key_is_not_warned(tmp_path, bentoml_home):
-    log = tmp_path / "serve.log"
-    with bentoml_serve(log, bentoml_home, free_port(), host="127.0.0.1") as (url, _):
-        assert requests.get(f"{url}/readyz", timeout=10).status_code == 200
-        # The checker is on by default: one value on /metrics, and it says so (the front's own gauge is not shown).
-        assert samples(url, "picturebook_safety_checker_enabled") == ["picturebook_safety_checker_enabled 1.0"]
+def test_loopback_without_a_key_is_not_warned(tiny_server):
+    """The session's shared server (tests/conftest.py) is the loopback one with every default setting."""
+    url, log = tiny_server
+    assert requests.get(f"{url}/readyz", timeout=10).status_code == 200
+    # The checker is on by default: one value on /metrics, and it says so (the front's own gauge is not shown).
+    assert samples(url, "picturebook_safety_checker_enabled") == ["picturebook_safety_checker_enabled 1.0"]
     text = log.read_text(errors="replace")
     assert "Running startup hook: start" in text, "the hook that warns ran, and found nothing to say"
     assert WARNING not in text

@@ -12,16 +12,15 @@ import sys
 
 import pytest
 
-from testkit.server import REPO, bentoml_serve, free_port
+from testkit.server import REPO
 
 RUN_TIME_S = 8
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, bentoml_home):
-    log = tmp_path_factory.mktemp("logs") / "serve-locust.log"
-    with bentoml_serve(log, bentoml_home, free_port()) as (url, _ready_s):
-        yield url
+def served(tiny_server):
+    """The readers' traffic against the default settings: the session's shared server (tests/conftest.py)."""
+    return tiny_server[0]
 
 
 def locust(url: str, prefix, run_time_s: int, *extra: str) -> subprocess.CompletedProcess:

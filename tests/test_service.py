@@ -18,7 +18,6 @@ from PIL import Image
 from testkit.pictures import picture, png_b64, png_from_b64, psnr
 from testkit.server import (
     bentoml_serve,
-    free_port,
     metric,
     minor_page_faults,
     model_service_socket,
@@ -71,11 +70,9 @@ def payload(seed=7, prev=1, characters=(2, 3), prompt="a fox and a bear have a p
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, bentoml_home):
-    log = tmp_path_factory.mktemp("logs") / "serve.log"
-    with bentoml_serve(log, bentoml_home, free_port(), PICTUREBOOK_MAX_BATCH_SIZE="4") as (url, ready_s):
-        print(f"ready after {ready_s:.1f} s")
-        yield url
+def served(tiny_server):
+    """Batches of up to 4 pages, the default: the session's shared server (tests/conftest.py)."""
+    return tiny_server[0]
 
 
 def post(url, body, **kw):

@@ -15,7 +15,6 @@ from pipeline.generator import PageGenerator
 from pipeline.page import PageRequest
 from pipeline.translation import chinese_spans, has_chinese
 from testkit.pictures import png_from_b64, psnr
-from testkit.server import bentoml_serve, free_port
 
 CHINESE = "两个角色在花园中交谈，左边是角色1，右边是角色2"  # the seed's example prompt
 MIXED = "a 小狐狸 with a kite"
@@ -131,9 +130,9 @@ def test_the_same_request_gives_the_same_page_and_words(generator):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, bentoml_home):
-    with bentoml_serve(tmp_path_factory.mktemp("translation") / "serve.log", bentoml_home, free_port()) as (url, _):
-        yield url
+def served(tiny_server):
+    """Translation is on by default: the session's shared server (tests/conftest.py)."""
+    return tiny_server[0]
 
 
 def test_generate_reports_prompt_drawn_and_draws_it(served):
