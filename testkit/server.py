@@ -103,6 +103,36 @@ def bentoml_serve(
         log.close()
 
 
+class BackgroundServe:
+    """`bentoml_serve` entered on a thread of its own, so a server starts while other work runs (this machine has
+    two cores; a test session mostly uses one). `ready()` waits for it: (base_url, log). `close()` stops it."""
+
+    def __init__(self, log_path: Path, bentoml_home: Path, port: int, **kwargs):
+        self.log_path = log_path
+        self._serving = bentoml_serve(log_path, bentoml_home, port, **kwargs)
+        self._url: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._start, name=f"serve {log_path}", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            self._url, _ = self._serving.__enter__()
+        except BaseException as error:  # raised again by ready(), on the test's own thread
+            self._error = error
+
+    def ready(self) -> tuple[str, Path]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._url, self.log_path
+
+    def close(self) -> None:
+        self._thread.join()
+        if self._error is None:
+            self._serving.__exit__(None, None, None)
+
+
 def stop(process: subprocess.Popen, grace_s: float = 30) -> int:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)

@@ -2,13 +2,14 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from pipeline import ModelPaths, ModelSettings, Profile, load_page_generator
 from pipeline.sources import MODEL_REPOS
 from pipeline.tiny import build_tiny_models
-from testkit.server import REPO, bentoml_serve, free_port, home_sharing_models, never_ready_all, server_env
+from testkit.server import REPO, BackgroundServe, free_port, home_sharing_models, never_ready_all, server_env
 
 
 @pytest.fixture(scope="session")
@@ -27,9 +28,16 @@ def generator(tiny_dir, tiny_settings):
 
 
 @pytest.fixture(scope="session")
-def bentoml_home(tmp_path_factory):
-    """A private BentoML home (model store, bentos) for the whole test session."""
-    return tmp_path_factory.mktemp("bentoml_home")
+def bentoml_home(tmp_path_factory, tiny_dir):
+    """A private BentoML home (model store, bentos) for the whole test session. Its store holds the session's tiny
+    set from the start (`python -m serving.bento_models import --from`), so no server builds it again, and servers
+    started at the same time cannot both build it."""
+    home = tmp_path_factory.mktemp("bentoml_home")
+    subprocess.run(
+        [sys.executable, "-m", "serving.bento_models", "import", "--profile", "tiny", "--from", str(tiny_dir)],
+        cwd=REPO, env=server_env(home), check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return home
 
 
 def bentoml_cli(bentoml_home, *args, timeout=300):
@@ -48,32 +56,70 @@ def built_bento(bentoml_home):
     return tag, bentoml_home / "bentos" / "picturebook" / tag.split(":")[1]
 
 
+# The shared servers: what each is started with (bentoml_serve's keywords), and why it exists in its fixture below.
+SHARED_SERVERS = {
+    "tiny_server": {},
+    "checkers_off_server": {
+        "host": "0.0.0.0",
+        "PICTUREBOOK_SAFETY_CHECKER": "false",
+        "PICTUREBOOK_MODERATION": "false",
+    },
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_servers(request, tmp_path_factory):
+    """Starts, in the background as the session begins, the shared servers its collected tests use, so that their
+    start (~15 s each) overlaps the first tests on this machine's second core. Each has its
+    own BentoML home over the session's model store (home_sharing_models): BentoML empties
+    BENTOML_HOME/prometheus_multiproc_dir at every start, so a server started meanwhile in `bentoml_home` would
+    otherwise empty its /metrics."""
+    servers = SharedServers(request, tmp_path_factory)
+    for name in SHARED_SERVERS:
+        if any(name in item.fixturenames for item in request.session.items):
+            servers.start(name)
+    yield servers
+    servers.close()
+
+
+class SharedServers:
+    """The shared servers started so far; `ready(name)` starts one that was not (a test that asked for it late)."""
+
+    def __init__(self, request, tmp_path_factory):
+        self.request, self.tmp_path_factory, self.started = request, tmp_path_factory, {}
+
+    def start(self, name: str) -> None:
+        if name not in self.started:
+            shared_home = self.request.getfixturevalue("bentoml_home")
+            home = home_sharing_models(shared_home, self.tmp_path_factory.mktemp(name) / "home")
+            self.started[name] = BackgroundServe(home.parent / "serve.log", home, free_port(), **SHARED_SERVERS[name])
+
+    def ready(self, name: str) -> tuple[str, Path]:
+        self.start(name)
+        return self.started[name].ready()
+
+    def close(self) -> None:
+        for server in self.started.values():
+            server.close()
+
+
 @pytest.fixture(scope="session")
-def tiny_server(tmp_path_factory, bentoml_home):
+def tiny_server(shared_servers):
     """The one shared `bentoml serve` with every setting at its default (tiny profile, loopback): (url, log). Every
     module that needs no special setting uses it, rather than starting a server of its own (a start is ~15 s of
     this machine's two cores); servers with special settings are started only where the setting is what is tested,
-    or where the test stops the server. Its own BentoML home over the session's model store (home_sharing_models):
-    the other servers started meanwhile in `bentoml_home` would otherwise empty its /metrics. Tests that use it
-    read metrics as differences (before and after) and search its log for what only they cause."""
-    home = home_sharing_models(bentoml_home, tmp_path_factory.mktemp("tiny_server") / "home")
-    log = home.parent / "serve.log"
-    with bentoml_serve(log, home, free_port()) as (url, _):
-        yield url, log
+    or where the test stops the server. Tests that use it read metrics as differences (before and after) and
+    search its log for what only they cause."""
+    return shared_servers.ready("tiny_server")
 
 
 @pytest.fixture(scope="session")
-def checkers_off_server(tmp_path_factory, bentoml_home):
+def checkers_off_server(shared_servers):
     """One server with both checkers off, on every interface with no API key: (url, log). Each setting is what a
     test reads back, each from its own metric, header and log line: the picture checker off
     (PICTUREBOOK_SAFETY_CHECKER=false) and the warning for 0.0.0.0 without a key (tests/test_listening.py), and
-    the moderation model off (PICTUREBOOK_MODERATION=false, tests/test_moderation.py). One start instead of two.
-    Its own BentoML home over the session's model store, as tiny_server's."""
-    home = home_sharing_models(bentoml_home, tmp_path_factory.mktemp("checkers_off") / "home")
-    log = home.parent / "serve.log"
-    env = {"PICTUREBOOK_SAFETY_CHECKER": "false", "PICTUREBOOK_MODERATION": "false"}
-    with bentoml_serve(log, home, free_port(), host="0.0.0.0", **env) as (url, _):
-        yield url, log
+    the moderation model off (PICTUREBOOK_MODERATION=false, tests/test_moderation.py). One start instead of two."""
+    return shared_servers.ready("checkers_off_server")
 
 
 @pytest.fixture(scope="session")
