@@ -6,6 +6,7 @@ weights and ~20 minutes. Its code path runs here on the tiny set, and the GPU be
 
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -133,9 +134,12 @@ def test_gpu_bench_rejects_bad_arguments(argv, capsys):
 def test_bench_children_refuse_to_run_alone():
     import subprocess
 
-    for module in ("bench.gpu", "bench.fullsize"):
-        run = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, timeout=120)
-        assert run.returncode != 0 and "python -m bench" in run.stderr
+    def alone(module):
+        return subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, timeout=120)
+
+    with ThreadPoolExecutor(2) as pool:  # two interpreters at once, one per core
+        for run in pool.map(alone, ("bench.gpu", "bench.fullsize")):
+            assert run.returncode != 0 and "python -m bench" in run.stderr
 
 
 # --- the real-size benchmarks' children, run as `python -m bench` runs them ---
@@ -171,9 +175,15 @@ def test_gpu_bench_child_gets_to_its_cuda_check(tiny_dir, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the child would measure (python -m bench --gpu does that)")
     report = tmp_path / "gpu-fp16_sdpa.json"
-    for lever in ("compile", "cpu_offload"):  # every lever's settings but one, and the other kind
+
+    def child(lever):
         command = gpu.child_command(lever, tiny_dir, report, (1, 2), 2, 64)
-        run = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+        return lever, subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+
+    levers = ("compile", "cpu_offload")  # every lever's settings but one, and the other kind
+    with ThreadPoolExecutor(2) as pool:  # two children at once, one per core
+        runs = list(pool.map(child, levers))
+    for lever, run in runs:
         assert run.returncode == 1, run.stderr[-4000:]
         assert "Traceback" not in run.stderr, run.stderr[-4000:]
         assert f"bench.gpu child {lever}: CUDA is not available" in run.stderr
