@@ -250,7 +250,7 @@ def test_describe_a_character_draw_try_another_keep_and_draw_the_book(studio: Pa
 
     write_pages(page, TEXTS[:2])
     page.get_by_role("button", name="Draw the book").click()
-    expect(page.locator("#progress-text")).to_have_text("2 of 2 pages drawn.")
+    expect(page.locator("#progress-text")).to_have_text("2 of 2 pages drawn.", timeout=300_000)
     kept = pixels(png_from_b64(another[1]["img"]))
     assert len(bodies) == 2
     for body in bodies:
