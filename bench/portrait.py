@@ -51,9 +51,10 @@ def one_round(url: str, n: int) -> dict:
     }
 
 
-def measure(url: str, rounds: int) -> dict:
+def measure(url: str, rounds: int, warm_up: bool = True) -> dict:
     """Medians over `rounds` alternating rounds against a running server, after one warm-up round."""
-    one_round(url, 999)
+    if warm_up:
+        one_round(url, 999)
     runs = []
     for round_number in range(rounds):
         progress(f"round {round_number + 1}/{rounds}")
