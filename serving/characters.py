@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import JSONResponse
 
 from .drawing import Overloaded, PageDrawer, PagePictures
 from .errors import overloaded, page_error
-from .schemas import GenerateRequest, PageSettings, seed_field
+from .schemas import GenerateRequest, PageSettings, _nullable_in_openapi, seed_field
 from .wire import PageAnswer
 
 # What the picture must be, and why (README, "Characters from words"): the whole figure, so the face adapter and
@@ -48,6 +48,9 @@ NO_PICTURES = PagePictures(prev_frame=None, characters=[])
 
 class PortraitRequest(PageSettings):
     """One character described in words; drawn at the page size unless `width`/`height` say otherwise."""
+
+    # As the page schemas: unknown fields ignored; fields that take null marked `nullable` in the OpenAPI document.
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_nullable_in_openapi)
 
     description: str = Field(
         ...,

@@ -356,6 +356,7 @@ def test_openapi_documents_the_character_route(served):
     body = spec["paths"]["/character"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["required"] == ["description"]
     assert all(body["properties"][name].get("description") for name in ("description", "name", "seed", "style"))
+    assert all(body["properties"][name].get("nullable") for name in ("name", "seed", "style"))
 
 
 def readme_block(section: str, language: str, url: str) -> str:
