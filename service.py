@@ -15,12 +15,13 @@ from serving import framework
 from serving.bento_models import declared_models, model_paths
 from serving.book_gate import BookGate
 from serving.books import BookJobs, BookRequest, BookResult, PdfRequest, pdf_file
+from serving.characters import PortraitRequest, PortraitResponse, character_portrait
 from serving.content_safety import PromptGate
 from serving.draining import Draining
 from serving.drawing import PageDrawer
 from serving.guards import AdmissionLimit, ApiKeyAuth, JsonBodyOnly, RefusePickledBodies
 from serving.hangups import CancelOnHangUp
-from serving.listening import warn_if_open_to_the_network
+from serving.listening import http_config, warn_if_open_to_the_network
 from serving.metrics import model_gauges
 from serving.model_client import ModelClient
 from serving.readiness import FastReadiness
@@ -89,15 +90,7 @@ PageModel.add_asgi_middleware(RefusePickledBodies)
 
 @bentoml.service(
     name="picturebook",
-    http={
-        "port": settings.port,
-        "cors": {
-            "enabled": bool(settings.cors_origins),
-            "access_control_allow_origins": settings.cors_origins,
-            "access_control_allow_methods": ["GET", "POST"],
-            "access_control_allow_headers": ["Authorization", "Content-Type"],
-        },
-    },
+    http=http_config(settings),  # its port, and CORS for the origins in the settings
     # Baked into the image: its profile, and no hub at run time (`bentoml containerize` downloads sdxl to build).
     envs=[
         {"name": "PICTUREBOOK_PROFILE", "value": model_settings.profile.value},
@@ -127,6 +120,10 @@ class PictureBook:
     @bentoml.api(route="/generate", input_spec=GenerateRequest, output_spec=GenerateResponse)
     async def generate(self, **fields: Any) -> GenerateResponse:
         return await self.pages.generate(validated_by_bentoml(GenerateRequest, fields))
+
+    @bentoml.api(route="/character", input_spec=PortraitRequest, output_spec=PortraitResponse)
+    async def character(self, **fields: Any) -> PortraitResponse:
+        return await character_portrait(self.pages, validated_by_bentoml(PortraitRequest, fields))
 
     # /book/submit, /book/status, /book/get (BentoML's task routes) and /book/progress (BookGate).
     @bentoml.task(route="/book", input_spec=BookRequest, output_spec=BookResult)

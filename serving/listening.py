@@ -1,4 +1,5 @@
-"""Where the front listens, and a warning at start when that is every interface with no API key.
+"""Where the front listens (its port and CORS, for BentoML), and a warning at start when that is every interface
+with no API key.
 
 `bentoml serve` binds `0.0.0.0` unless given `--host` (a container needs that; a laptop may not want it), and
 without `PICTUREBOOK_API_KEY` `/generate` then answers anyone who can reach the machine. BentoML binds the socket
@@ -14,6 +15,19 @@ import socket
 import sys
 
 log = logging.getLogger(__name__)
+
+
+def http_config(settings) -> dict:
+    """The front's `http` options: its port, and CORS for `PICTUREBOOK_CORS_ORIGINS` (off when there are none)."""
+    return {
+        "port": settings.port,
+        "cors": {
+            "enabled": bool(settings.cors_origins),
+            "access_control_allow_origins": settings.cors_origins,
+            "access_control_allow_methods": ["GET", "POST"],
+            "access_control_allow_headers": ["Authorization", "Content-Type"],
+        },
+    }
 
 
 def listening_address(argv: list[str] | None = None) -> tuple[str, int] | None:

@@ -1,4 +1,5 @@
-// Picture Book Studio: make a book in the browser with the service's own `POST /generate` and `POST /book/pdf`.
+// Picture Book Studio: make a book in the browser with the service's own `POST /generate` and `POST /book/pdf`,
+// and characters from words with `POST /character`.
 //
 // Pages are drawn one by one, each request carrying the page before it as `prev_frame`: the server keeps no
 // session, so the studio works the same behind several replicas with no session affinity.
@@ -11,15 +12,18 @@ const KEY_STORAGE = "picturebook.apiKey";
 // Relative to /studio/, so the studio keeps working when the service sits under a path prefix.
 const GENERATE_URL = new URL("../generate", document.baseURI);
 const PDF_URL = new URL("../book/pdf", document.baseURI);
+const CHARACTER_URL = new URL("../character", document.baseURI);
 
 const state = {
-  cast: [], // {id, name, b64, url}, left to right
+  cast: [], // {id, name, b64, url, described?: {description, seed}}, left to right
   castVersion: 0, // bumped when the cast's pictures or order change: drawn pages go out of date
   pages: [], // see newPage()
   nextId: 1,
   busy: null, // the AbortController of the drawing or PDF task in progress
   afterKey: null, // what to do again once an API key is given
   note: null, // what the running or last task says, before the count of pages drawn
+  portrait: null, // the portrait drawn from a description and not kept yet: {b64, seed, description, name, version}
+  drawingPortrait: false,
 };
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -184,7 +188,10 @@ function fieldName(location) {
     const character = state.cast[Number(index)];
     return `the picture of ${character ? character.name || `character ${Number(index) + 1}` : "a character"}`;
   }
-  const names = { prompt: "the drawing prompt", seed: "the seed", prev_frame: "the page before", regions: "the characters' places" };
+  const names = {
+    prompt: "the drawing prompt", seed: "the seed", prev_frame: "the page before", regions: "the characters' places",
+    description: "the character's description", name: "the character's name", style: "the drawing style",
+  };
   return names[field] || (field ? `the field ${parts.join(".")}` : "the request");
 }
 
@@ -392,6 +399,86 @@ function onCastInput(event) {
   renderCast(); // names appear in the buttons' labels and in the places
 }
 
+// ---------------------------------------------------------------- characters from words
+
+// "Draw" keeps the seed of the portrait shown (an edited description is redrawn with the same look), "Try
+// another" picks a new one; the first "Draw" lets the server pick.
+async function drawPortrait(signal, { another = false } = {}) {
+  const description = $("#describe-text").value.trim();
+  const name = $("#describe-name").value.trim();
+  setDescribeMessage("");
+  if (!description) {
+    setDescribeMessage("Describe the character first: who they are and what they look like.", true);
+    $("#describe-text").focus();
+    return;
+  }
+  const body = { description };
+  if (name) body.name = name;
+  const shown = state.portrait;
+  if (shown) body.seed = another ? randomSeed(shown.seed) : shown.seed;
+  state.drawingPortrait = true;
+  renderPortrait();
+  try {
+    const answer = await (await postJson(CHARACTER_URL, body, signal)).json();
+    const version = shown ? shown.version + 1 : 1;
+    state.portrait = { b64: answer.img, seed: answer.seed, description, name, version };
+  } catch (error) {
+    if (error instanceof NeedKey) setDescribeMessage("Waiting for the API key (asked below).");
+    else if (error.name === "AbortError") setDescribeMessage("Stopped before the portrait was drawn.");
+    else setDescribeMessage(error.message, true);
+    if (error instanceof NeedKey || error.name === "AbortError") throw error;
+  } finally {
+    state.drawingPortrait = false;
+    renderPortrait();
+  }
+}
+
+// A kept portrait joins the cast as an uploaded picture does: through the same reading and resizing.
+async function keepPortrait() {
+  const portrait = state.portrait;
+  if (!portrait || state.cast.length >= MAX_CAST) return;
+  const bytes = Uint8Array.from(atob(portrait.b64), (c) => c.charCodeAt(0));
+  const url = await readPicture(new File([bytes], "portrait.png", { type: "image/png" }));
+  const { description, seed } = portrait;
+  const b64 = url.slice(url.indexOf(",") + 1);
+  state.cast.push({ id: state.nextId++, name: portrait.name, url, b64, described: { description, seed } });
+  state.castVersion += 1;
+  state.portrait = null;
+  $("#describe-name").value = "";
+  $("#describe-text").value = "";
+  setDescribeMessage(`${portrait.name || "The character"} joined the cast.`);
+  renderCast();
+  renderBook();
+  $("#describe-name").focus();
+}
+
+function setDescribeMessage(text, isError = false) {
+  $("#describe-message").textContent = text;
+  $("#describe-message").classList.toggle("error", isError);
+}
+
+function renderPortrait() {
+  const portrait = state.portrait;
+  const picture = $("#portrait");
+  if (portrait && picture.dataset.version !== `${portrait.version}`) {
+    picture.src = `data:image/png;base64,${portrait.b64}`;
+    picture.dataset.version = `${portrait.version}`;
+  }
+  picture.hidden = !portrait;
+  picture.alt = portrait ? `Portrait of ${portrait.name || "the character"}: ${portrait.description}` : "";
+  $("#describe").classList.toggle("drawing", state.drawingPortrait);
+  $("#describe").classList.toggle("has-portrait", portrait !== null);
+  $("#describe").setAttribute("aria-busy", String(state.drawingPortrait));
+  $("#portrait-note").textContent = state.drawingPortrait ? "Drawing…" : portrait ? "" : "No portrait yet";
+  $("#portrait-seed").textContent = portrait ? `Seed ${portrait.seed}` : "";
+  const busy = state.busy !== null;
+  const full = state.cast.length >= MAX_CAST;
+  $("#describe-draw").disabled = busy || full;
+  $("#describe-again").hidden = $("#describe-keep").hidden = !portrait;
+  $("#describe-again").disabled = busy || full;
+  $("#describe-keep").disabled = busy || full;
+}
+
 // ---------------------------------------------------------------- pages
 
 function addPage() {
@@ -565,6 +652,7 @@ function renderControls() {
   $("#stop").disabled = !busy;
   $("#download-pdf").disabled = busy || !allDrawn;
   $("#forget-key").hidden = !sessionStorage.getItem(KEY_STORAGE);
+  renderPortrait();
   const progress = $("#progress");
   progress.max = state.pages.length;
   progress.value = state.pages.filter((_, i) => isUpToDate(i)).length;
@@ -609,6 +697,11 @@ function start() {
   $("#page-list").addEventListener("click", onPageListClick);
   $("#page-list").addEventListener("input", onPageListInput);
   $("#book").addEventListener("click", onBookClick);
+  $("#describe-draw").addEventListener("click", () => runTask((signal) => drawPortrait(signal)));
+  $("#describe-again").addEventListener("click", () => runTask((signal) => drawPortrait(signal, { another: true })));
+  $("#describe-keep").addEventListener("click", () => {
+    keepPortrait().catch((error) => setDescribeMessage(error.message, true));
+  });
   $("#draw").addEventListener("click", () => runTask((signal) => drawFrom(0, signal)));
   $("#stop").addEventListener("click", () => state.busy && state.busy.abort());
   $("#download-pdf").addEventListener("click", () => runTask(downloadPdf));

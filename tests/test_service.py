@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tarfile
@@ -17,6 +18,7 @@ from PIL import Image
 
 from testkit.pictures import picture, png_b64, png_from_b64, psnr
 from testkit.server import (
+    REPO,
     bentoml_serve,
     metric,
     minor_page_faults,
@@ -282,3 +284,95 @@ def test_the_model_service_refuses_a_field_the_wire_does_not_have(served):
         refused = model.post("/draw", json={"jobs": [{"prompt": "direct", "seed": 1, "stpes": 1}]}, timeout=60)
     assert refused.status_code == 400, refused.text
     assert any(d["loc"][-1] == "stpes" for d in refused.json()["detail"]), refused.json()
+
+
+# --- characters from words: POST /character (serving/characters.py) ----------------------------------------------
+
+FOX = "a small red fox with a blue scarf"
+
+
+def portrait(url, **body):
+    return requests.post(f"{url}/character", json={"description": FOX, **body}, timeout=120)
+
+
+def test_a_portrait_is_the_same_for_the_same_seed_and_another_for_another(served):
+    first, again, other = portrait(served, seed=7), portrait(served, seed=7, name="Pip"), portrait(served, seed=8)
+    assert [r.status_code for r in (first, again, other)] == [200] * 3, first.text
+    assert first.json()["seed"] == 7 and other.json()["seed"] == 8
+    assert png_from_b64(first.json()["img"]).size == (256, 256)  # the page size
+    assert first.json()["img"] == again.json()["img"]  # the name is not drawn
+    assert psnr(png_from_b64(first.json()["img"]), png_from_b64(other.json()["img"])) < 25
+    styled = portrait(served, seed=7, style="watercolour, soft pencil lines")
+    assert psnr(png_from_b64(first.json()["img"]), png_from_b64(styled.json()["img"])) < 60  # the style is drawn
+
+
+def test_a_portrait_is_a_first_page_drawn_from_the_template_and_works_as_a_character(served):
+    from serving.characters import DEFAULT_STYLE, PORTRAIT_NEGATIVE, PORTRAIT_TEMPLATE
+
+    drawn = portrait(served, seed=7).json()
+    assert drawn["prompt_drawn"] == PORTRAIT_TEMPLATE.format(description=FOX, style=DEFAULT_STYLE)
+    as_a_page = post(served, {"prompt": drawn["prompt_drawn"], "negative_prompt": PORTRAIT_NEGATIVE, "seed": 7})
+    assert psnr(png_from_b64(drawn["img"]), png_from_b64(as_a_page.json()["img"])) >= 60
+    # The portrait as a character picture: a page like any other, the same each time, and the character acts.
+    with_pip = {"prompt": "a fox flies a kite", "characters": [drawn["img"]], "seed": 1}
+    page, again = post(served, with_pip), post(served, with_pip)
+    alone = post(served, dict(with_pip, characters=[]))
+    assert [r.status_code for r in (page, again, alone)] == [200] * 3, page.text
+    page, again, alone = (png_from_b64(r.json()["img"]) for r in (page, again, alone))
+    assert psnr(page, again) >= 60 and psnr(page, alone) < 60
+
+
+def test_a_refused_description_is_422_naming_it(served):
+    refused = portrait(served, description="a n.u.d.e princess", seed=1)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["kind"] == "content_refused" and refused.json()["field"] == "description"
+    named = portrait(served, name="k1ll yourself", seed=1)
+    assert named.status_code == 422 and named.json()["field"] == "name"
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "description"),
+        ({"description": ""}, "description"),
+        ({"description": "   "}, "description"),
+        ({"description": "x" * 401}, "description"),
+        ({"description": FOX, "seed": -1}, "seed"),
+        ({"description": FOX, "style": "s" * 201}, "style"),
+        ({"description": FOX, "width": 100}, "width"),
+    ],
+)
+def test_a_bad_portrait_request_is_400_naming_the_field(served, body, field):
+    bad = requests.post(f"{served}/character", json=body, timeout=30)
+    assert bad.status_code == 400, bad.text
+    assert [d["field"] for d in bad.json()["detail"]] == [field], bad.json()
+
+
+def test_openapi_documents_the_character_route(served):
+    spec = requests.get(f"{served}/docs.json", timeout=5).json()
+    body = spec["paths"]["/character"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["description"]
+    assert all(body["properties"][name].get("description") for name in ("description", "name", "seed", "style"))
+    assert all(body["properties"][name].get("nullable") for name in ("name", "seed", "style"))
+
+
+def readme_block(section: str, language: str, url: str) -> str:
+    readme = (REPO / "README.md").read_text().split(f"### {section}\n", 1)[1].split("\n### ", 1)[0]
+    return re.search(rf"```{language}\n(.+?)\n```", readme, re.S).group(1).replace("localhost:8000", url[7:])
+
+
+@pytest.mark.parametrize("language, command", [("bash", ["bash", "-c"]), ("python", [sys.executable, "-c"])])
+def test_the_readme_character_examples_run_as_written(served, tmp_path, language, command):
+    script = readme_block("Characters from words", language, served)
+    subprocess.run([*command, script], cwd=tmp_path, check=True, timeout=300)
+    expected = post(served, {"prompt": "a fox flies a red kite on a green hill", "seed": 1, "characters": [
+        portrait(served, name="Pip", seed=7).json()["img"]]})  # fmt: skip
+    assert psnr(Image.open(tmp_path / "page1.png"), png_from_b64(expected.json()["img"])) >= 60
+
+
+def test_the_portrait_benchmark_measures_a_round(served):
+    from bench.portrait import measure
+
+    result = measure(served, rounds=1, warm_up=False)
+    assert set(result["medians"]) >= {"portrait_ms", "first_page_ms", "page_with_portrait_ms"}
+    assert result["medians"]["portrait_diffusion_ms"] > 0
