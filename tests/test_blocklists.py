@@ -59,6 +59,10 @@ REFUSED = [
     ("minors", "a schoolgirl in thigh highs, seen from behind"),
     ("profanity", "them hoes ain't loyal"),
     ("hate", "a jiggaboo cartoon"),
+    ("hate", "niggerish jokes on a sign"),
+    ("profanity", "what a fuckwaffle"),
+    ("profanity", "stop bullshitting me"),
+    ("sexual", "camwhores online"),
     ("sexual", "两个人在床上做爱"),
     ("sexual", "一个骚货站在街角"),
     ("nudity", "海边有个赤裸的女人"),
@@ -118,6 +122,8 @@ PASSED = [
     "Two labourers came with their hoes from the fields.",
     "A starfish lay on the warm sand, and the monkey ate a banana.",
     "The children hung their stockings by the fire.",
+    "The children sniggered at the niggardly king, who lived near Scunthorpe.",
+    "The Ark was made of shittim wood.",
 ]
 
 
@@ -197,6 +203,24 @@ def test_braces_sets_and_rules_in_a_list_file(tmp_path):
     refusal = custom.check("they throw a pear at the king")
     assert (refusal.category, refusal.term) == ("rude", "throw + pear")
     assert custom.check("a pear tree. They throw stones in the pond") is None
+
+
+def test_a_star_term_matches_inside_longer_words(tmp_path):
+    (tmp_path / "en.txt").write_text("[rude]\nbog*\n*grot*\n[allow]\nbogart\n", encoding="utf-8")
+    custom = PromptFilter.from_dirs([tmp_path])
+    assert custom.check("a bog, two bogs") is None  # the stem alone is left to the plain terms (none here)
+    assert custom.check("the Bogwater smelled").term == "bog*"
+    assert custom.check("b.o.g.w.a.t.e.r") is not None  # the readings of the other terms hold for these too
+    assert custom.check("so ungrotty").term == "*grot*"
+    assert custom.check("an abog") is None  # `bog*` only at a word's start
+    assert custom.check("Bogart's hat") is None  # a whole word in [allow]
+    for bad in ("a*", "b*g", "*bog", "two words*"):
+        (tmp_path / "en.txt").write_text(f"[rude]\n{bad}\n", encoding="utf-8")
+        with pytest.raises(ValueError, match="term is one word"):
+            PromptFilter.from_dirs([tmp_path])
+    (tmp_path / "en.txt").write_text("[allow]\nbog*\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="allow"):
+        PromptFilter.from_dirs([tmp_path])
 
 
 @pytest.mark.parametrize(
