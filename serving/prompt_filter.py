@@ -543,6 +543,8 @@ class PromptFilter:
                 if category in self.off:
                     continue
                 for term in terms:
+                    if "*" in term and list_file.substring and not _ASCII_LETTER.search(normalise(term)):
+                        term = term.strip("*")  # a substring term matches inside longer words already
                     if "*" in term:
                         self._add_word_part(term, category, name, list_file.path)
                         continue

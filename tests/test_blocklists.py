@@ -223,6 +223,9 @@ def test_a_star_term_matches_inside_longer_words(tmp_path):
         (tmp_path / "en.txt").write_text(f"[rude]\n{bad}\n", encoding="utf-8")
         with pytest.raises(ValueError, match="term is one word"):
             PromptFilter.from_dirs([tmp_path])
+    (tmp_path / "zh").mkdir()
+    (tmp_path / "zh" / "zh.txt").write_text("[rude]\n*色狼*\n", encoding="utf-8")  # substrings match inside words
+    assert PromptFilter.from_dirs([tmp_path / "zh"]).check("大色狼来了").term == "色狼"
     (tmp_path / "en.txt").write_text("[allow]\nbog*\n", encoding="utf-8")
     with pytest.raises(ValueError, match="allow"):
         PromptFilter.from_dirs([tmp_path])
