@@ -99,14 +99,17 @@ MODEL_REPOS["translator"] = ModelRepo(
         "vocab.json",
     ),
 )
-# The text moderation model (pipeline/moderation.py), Apache-2.0: Qwen3Guard-Gen-0.6B, the commit its hub page
-# names. The 4B (`PICTUREBOOK_MODERATION_MODEL=Qwen/Qwen3Guard-Gen-4B`, same template and answers, sharded weights)
-# is the documented option for more recall at ~7x the cost; pin its revision before using it in production.
+# The text moderation model (pipeline/moderation.py), Apache-2.0: Qwen3Guard-Gen-0.6B at fada3b2f, the revision that
+# independent public projects pin and that their Hugging Face caches hold (snapshots/fada3b2f...); the commit pinned
+# here before (b2992b9c...) was found in no public source. The 4B (PICTUREBOOK_MODERATION_MODEL=Qwen/Qwen3Guard-Gen-4B,
+# same template and answers, sharded weights) is the documented option for more recall at ~7x the cost. It stays on
+# "main": its hub has a commit 173cf65c90524d5d55585a066d9ea7a7451af8c1, but nothing public shows that this commit
+# holds the weights; check its file list before pinning it for production (docs/SECURITY.md).
 MODERATION_REPOS: dict[str, ModelRepo] = {
     "Qwen/Qwen3Guard-Gen-0.6B": ModelRepo(
         folder="Qwen3Guard-Gen-0.6B",
         repo_id="Qwen/Qwen3Guard-Gen-0.6B",
-        revision="b2992b9ce43baebaba29ce77df0e3ca79b09a0e0",
+        revision="fada3b2f655b89601929198343c94cd2f64d93cc",
         include=(
             "config.json",
             "generation_config.json",

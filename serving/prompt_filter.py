@@ -9,6 +9,10 @@ section names ordinary words that overlap a blocked term ("角色情绪" = "char
 A term with a Latin letter matches as a whole word in every list, also in a substring list: "tm" in zh.txt must
 not refuse every English word with a "tm" inside.
 
+A term may end or start with `*` to match inside longer words, for stems no English word holds innocently:
+`fuck*` refuses "fuckwit", `*fuck*` refuses "clusterfuck" too; a whole word in `[allow]` lifts it ("scunthorpe").
+The stem alone (and with a plural "s") is left to the plain terms, with their phrases and exceptions.
+
 Besides terms, a list has context rules for words that are innocent alone: `blood + pool of|dripping` refuses a
 sentence where both parts occur ("a pool of blood"), not "three drops of blood fell on the snow". Braces give
 alternatives inside a term (`naked {woman|women}`), and `$name = a|b|c` names a set of alternatives for later lines.
@@ -55,6 +59,7 @@ _SET_DEFINITION = re.compile(r"\$(\w+)\s*=\s*(.+)$")
 _SET_REFERENCE = re.compile(r"\$(\w+)")
 _RULE_JOIN = " + "  # between the parts of a context rule
 _RULE_SPLIT = re.compile(r"\s+\+(?=\s|$)\s*")
+_WORD_PART = re.compile(r"(\*?)([^\W\d_]{3,})\*$")  # `fuck*` or `*fuck*`: a stem of three letters or more
 _MAX_EXPANSIONS = 5000  # one line's terms after its braces are expanded: a typo must not build millions
 # A context rule's parts must occur in the same sentence; prompts are mostly one sentence of comma-joined phrases.
 _SENTENCE_END = re.compile(r"[!?;\n\u3002\uff01\uff1f\uff1b\u2026]+|\.(?=\s|$)")
@@ -437,7 +442,9 @@ def load_list_file(path: Path) -> ListFile:
 
     Within a line, `{a|b}` gives alternatives (`naked {woman|women}`, `slit{|s|ting}`), and `$name` stands for a
     set defined earlier in the file by a line `$name = a|b|c`. A line with ` + ` between parts is a context rule:
-    it refuses a sentence in which every part occurs (`blood + pool of|dripping`).
+    it refuses a sentence in which every part occurs (`blood + pool of|dripping`). One word with a `*` at its end
+    (`fuck*`) or at both ends (`*fuck*`) matches as the start of, or anywhere inside, a longer word (the word
+    itself is listed on its own line as usual).
     """
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
@@ -515,6 +522,9 @@ class PromptFilter:
         # Context rules: the terms of every rule part, each found anywhere in a sentence, then the rules checked.
         self._rules: list[_Rule] = []
         self._symbols: dict[str, Refusal] = {}  # terms of no letters or digits (🖕): found as they are
+        # `fuck*` and `*fuck*` terms: stem -> (refusal, anywhere in the word); one pattern finds them all (see check)
+        self._word_parts: dict[str, tuple[Refusal, bool]] = {}
+        self._word_part_pattern: re.Pattern[str] | None = None
         self.sources: list[Path] = []
         self.off = frozenset(category.strip().lower() for category in off if category.strip())
         lists = list(lists)
@@ -533,6 +543,11 @@ class PromptFilter:
                 if category in self.off:
                     continue
                 for term in terms:
+                    if "*" in term and list_file.substring and not _ASCII_LETTER.search(normalise(term)):
+                        term = term.strip("*")  # a substring term matches inside longer words already
+                    if "*" in term:
+                        self._add_word_part(term, category, name, list_file.path)
+                        continue
                     matcher, units = self._units(term, list_file.substring, self._words, self._substrings)
                     if not units:
                         if category != ALLOW_SECTION:
@@ -555,6 +570,32 @@ class PromptFilter:
                     self._rules.append(_Rule(category=category, parts=tuple(keys), source=name))
         for matcher in (self._words, self._substrings):
             matcher.ready()
+        if self._word_parts:
+            # Over a reading's words joined by spaces: the whole word holding a stem, so [allow] can be asked about it.
+            parts = self._word_parts.items()
+            inside = sorted((re.escape(stem) for stem, (_, anywhere) in parts if anywhere), key=len, reverse=True)
+            start = sorted((re.escape(stem) for stem, (_, anywhere) in parts if not anywhere), key=len, reverse=True)
+            alternatives = []
+            if inside:
+                alternatives.append(r"(?<!\S)\S*?(?P<inside>" + "|".join(inside) + r")\S*")
+            if start:
+                alternatives.append(r"(?<!\S)(?P<start>" + "|".join(start) + r")\S*")
+            self._word_part_pattern = re.compile("|".join(alternatives))
+
+    def _add_word_part(self, term: str, category: str, source: str, path: Path) -> None:
+        found = _WORD_PART.fullmatch(normalise(term).strip())
+        if found is None:
+            raise ValueError(
+                f"{path}: {term!r}: a `*` term is one word of three letters or more with `*` at its end (`fuck*`) "
+                "or at both ends (`*fuck*`)"
+            )
+        if category == ALLOW_SECTION:
+            raise ValueError(f"{path}: {term!r}: an [allow] entry is a whole word or phrase, not a `*` term")
+        stem, anywhere = found.group(2), bool(found.group(1))
+        refusal = Refusal(category=category, term=normalise(term).strip(), source=source)
+        previous = self._word_parts.get(stem)
+        if previous is None or (anywhere and not previous[1]):
+            self._word_parts[stem] = (refusal, anywhere)
 
     @staticmethod
     def _units(term: str, substring: bool, words: _Matcher, substrings: _Matcher) -> tuple[_Matcher, list[str] | str]:
@@ -597,11 +638,11 @@ class PromptFilter:
             if symbol in normalised:
                 return refusal
         # One scan of each reading finds the blocked terms and the rules' terms together.
-        readings = _word_readings(normalised) if self._words else {}
+        readings = _word_readings(normalised) if self._words or self._word_part_pattern else {}
         word_hits = []
         for reading, starts in readings.items():
             hits = self._words.scan(reading)
-            refusal = self._words.first_blocked(hits)
+            refusal = self._words.first_blocked(hits) or self._word_part_refusal(reading)
             if refusal is not None:
                 return refusal
             word_hits.append((starts, hits))
@@ -612,6 +653,21 @@ class PromptFilter:
             return refusal
         if self._rules:
             return self._check_rules(normalised, word_hits, substring_hits)
+        return None
+
+    def _word_part_refusal(self, reading: tuple[str, ...]) -> Refusal | None:
+        """The first `fuck*` / `*fuck*` term inside a word of `reading` that [allow] does not name as a whole word."""
+        if self._word_part_pattern is None:
+            return None
+        allowed = self._words.allowed
+        for found in self._word_part_pattern.finditer(" ".join(reading)):
+            word = found.group()
+            stems = found.groupdict()
+            stem = stems.get("inside") or stems["start"]
+            # The stem itself is a plain term's business, with its phrases and [allow] ("faggots of wood").
+            if word in (stem, stem + "s") or word in allowed or (word.endswith("s") and word[:-1] in allowed):
+                continue
+            return self._word_parts[stem][0]
         return None
 
     def _check_rules(

@@ -49,6 +49,20 @@ REFUSED = [
     ("profanity", "shut up, dickhead"),
     ("violence", "a gunman at a school shooting"),
     ("violence", "a robot stabbing a nurse with a knife"),
+    ("violence", "a prisoner on the rack, strappado and thumbscrews torture"),
+    ("sexual", "he was flogging the dolphin in the dark"),
+    ("sexual", "nipple clamps and a ball gag on the bed"),
+    ("sexual", "a roman orgy with naked women"),
+    ("sexual", "they were having an orgy"),
+    ("sexual", "an orgy in the palace"),
+    ("sexual", "a picture of a chocolate starfish"),
+    ("minors", "a schoolgirl in thigh highs and a crop top"),
+    ("profanity", "them hoes ain't loyal"),
+    ("hate", "a jiggaboo cartoon"),
+    ("hate", "niggerish jokes on a sign"),
+    ("profanity", "what a fuckwaffle"),
+    ("profanity", "stop bullshitting me"),
+    ("sexual", "camwhores online"),
     ("sexual", "两个人在床上做爱"),
     ("sexual", "一个骚货站在街角"),
     ("nudity", "海边有个赤裸的女人"),
@@ -65,6 +79,14 @@ REFUSED = [
     ("profanity", "你这个傻逼"),
     ("violence", "一个男人拿着刀砍人"),
     ("violence", "恐怖分子炸毁了一座桥"),
+    ("profanity", "他妈的，又下雨了"),
+    ("profanity", "你这个小逼崽子"),
+    ("profanity", "傻婆娘，滚开"),
+    ("sexual", "双峰微颤的少女"),
+    ("sexual", "论坛的色区"),
+    ("sexual", "雞掰"),
+    ("sexual", "一夜欢之后"),
+    ("sexual", "娇喘连连"),
 ]
 
 # Dark fairy tales of our own, with the words the rules above use alone: all must be drawn.
@@ -94,6 +116,19 @@ PASSED = [
     "角色情绪很开心，黄色的花开了。",
     "妈妈比爸爸高，今日你来我家吗？",
     "小男孩在体操比赛中得了第一名。",
+    "小红帽去她奶奶的家，她奶奶的眼睛好大呀！",
+    "她妈的衣服很漂亮，他娘的房子在山上。",
+    "大家度过了一夜欢乐的时光，海浪叫着扑向岸边。",
+    "狭小逼仄的屋子里，孩子们在室内射箭，一条毒龙钻出了山洞。",
+    "The fairies came home from an orgy of dancing and fell asleep.",
+    "Two labourers came with their hoes from the fields.",
+    "A pink starfish lay on the warm sand, and the zookeeper spanked the naughty monkey.",
+    "The fox was choking the chicken when the farmer came; the wolf would eat her out of house and home.",
+    "The schoolgirl peeked from behind the tree and came home in wet clothes.",
+    "The rag doll had a rag head, and the dog's wet back shone in the rain.",
+    "The children hung their stockings by the fire.",
+    "The children sniggered at the niggardly king, who lived near Scunthorpe.",
+    "The Ark was made of shittim wood.",
 ]
 
 
@@ -123,6 +158,15 @@ RULE_PAIRS = [
     ("孩子 + 裸", "一个孩子赤裸地站着", "孩子们光着脚在草地上跑"),
     ("绳子 + 脖子", "一个人被绳子勒住脖子吊着", "小猫的脖子上系着铃铛"),
     ("凶器 + 打人", "一个女人拿着鞭子打小孩", "牧羊人拿着鞭子赶羊"),
+    ("hoe + slang grammar", "hoes be lying", "the gardener leaned on his hoe; the hoes are in the shed"),
+    ("schoolgirl + fan service", "schoolgirl in a miniskirt and pantyhose", "the schoolgirl bent over her book"),
+    ("got laid + laid off", "he finally got laid", "he got laid off at the mill, and the hen laid an egg"),
+    ("他妈的 + 名词", "他妈的真烦人", "他妈的生日到了，他做了一个蛋糕"),
+    ("X逼 + 逼X", "一个死逼", "猎人逼近了山洞，大灰狼逼着小羊开门"),
+    ("卖比 + 比X", "卖比的女人", "小鸟一日比一日飞得高，小兔子比乌龟跑得快"),
+    ("双峰 + 颤动", "双峰乱颤", "远处的双峰高耸入云"),
+    ("色区 + 颜色词", "黄图和色区", "彩色区域里画着一朵花，景色图片挂在墙上"),
+    ("丝诱 + 蚕丝", "丝诱美女", "她用蚕丝织了一件衣服"),
 ]
 
 
@@ -164,6 +208,27 @@ def test_braces_sets_and_rules_in_a_list_file(tmp_path):
     refusal = custom.check("they throw a pear at the king")
     assert (refusal.category, refusal.term) == ("rude", "throw + pear")
     assert custom.check("a pear tree. They throw stones in the pond") is None
+
+
+def test_a_star_term_matches_inside_longer_words(tmp_path):
+    (tmp_path / "en.txt").write_text("[rude]\nbog*\n*grot*\n[allow]\nbogart\n", encoding="utf-8")
+    custom = PromptFilter.from_dirs([tmp_path])
+    assert custom.check("a bog, two bogs") is None  # the stem alone is left to the plain terms (none here)
+    assert custom.check("the Bogwater smelled").term == "bog*"
+    assert custom.check("b.o.g.w.a.t.e.r") is not None  # the readings of the other terms hold for these too
+    assert custom.check("so ungrotty").term == "*grot*"
+    assert custom.check("an abog") is None  # `bog*` only at a word's start
+    assert custom.check("Bogart's hat") is None  # a whole word in [allow]
+    for bad in ("a*", "b*g", "*bog", "two words*"):
+        (tmp_path / "en.txt").write_text(f"[rude]\n{bad}\n", encoding="utf-8")
+        with pytest.raises(ValueError, match="term is one word"):
+            PromptFilter.from_dirs([tmp_path])
+    (tmp_path / "zh").mkdir()
+    (tmp_path / "zh" / "zh.txt").write_text("[rude]\n*色狼*\n", encoding="utf-8")  # substrings match inside words
+    assert PromptFilter.from_dirs([tmp_path / "zh"]).check("大色狼来了").term == "色狼"
+    (tmp_path / "en.txt").write_text("[allow]\nbog*\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="allow"):
+        PromptFilter.from_dirs([tmp_path])
 
 
 @pytest.mark.parametrize(
@@ -232,10 +297,10 @@ def _rate(rates: dict[str, tuple[int, int]], keep=lambda group: True) -> float:
     return good / total if total else 1.0
 
 
-# Where the lists stand on this half of the corpus (harmful tiers E and W refused 91.7 % English, 84.2 % Chinese),
-# rounded down a little for the held-out half: below the 95 % target in both, which stays the aim (the
-# assert takes the lower of floor and target). docs/SECURITY.md has the numbers.
-FLOORS = {"harmful_en": 0.91, "harmful_zh": 0.83}
+# Where the lists stand on this half of the corpus (harmful tiers E and W refused 97.4 % English, 95.5 % Chinese),
+# rounded down a little; the assert takes the lower of floor and target, so it holds the 95 % in both.
+# docs/SECURITY.md has the numbers.
+FLOORS = {"harmful_en": 0.97, "harmful_zh": 0.95}
 
 
 @pytest.mark.parametrize(
