@@ -170,6 +170,10 @@ def test_full_size_bench_runs_end_to_end_on_the_tiny_set(tiny_dir, tmp_path):
     assert report["profile"] == "tiny" and report["build"]["reused"]
     assert report["run"]["checks"] and all(report["run"]["checks"].values()), report["run"]["checks"]
     assert report["run"]["check_pages"]["full"]["size"] == [256, 256]
+    pair = report["run"]["draft_vs_final"]  # issue 27: one page of each quality, side by side, and the ratio
+    assert (pair["final"]["steps_of_the_quality"], pair["draft"]["steps_of_the_quality"]) == (4, 2)
+    assert (pair["final"]["scheduler"], pair["draft"]["scheduler"]) == ("EulerDiscreteScheduler", "DDIMScheduler")
+    assert pair["final"]["page_s_is"] == "estimated from the steps drawn" and pair["draft_over_final_page_s"] > 0
     assert tiny_dir.exists(), "a set given with --model-dir is kept"
 
 
