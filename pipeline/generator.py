@@ -104,7 +104,8 @@ class PageGenerator:
         # One scheduler instance per quality, both from the base's config, chosen per call (set_timesteps resets
         # each one's state); the final one is the pipeline's own, so final pages are drawn exactly as before drafts.
         self.schedulers = {Quality.final: pipe.scheduler}
-        self.drafts = DRAFT_ADAPTER in _loaded_adapters(pipe)
+        self._lora_models = _models_with_adapter(pipe, DRAFT_ADAPTER)
+        self.drafts = bool(self._lora_models)
         if self.drafts:
             from diffusers import DDIMScheduler
 
@@ -336,11 +337,12 @@ class PageGenerator:
         the quality differs from the last call's. Called on the one thread that draws."""
         if quality is self._quality:
             return
-        if self.drafts:
-            if quality is Quality.draft:
-                self.pipe.enable_lora()
-            else:
-                self.pipe.disable_lora()
+        from diffusers.utils.peft_utils import set_adapter_layers
+
+        # On the modules themselves, not pipe.enable_lora()/disable_lora(): those skip a torch.compile'd UNet (an
+        # OptimizedModule is no ModelMixin), so a compiled service would draw drafts with the LoRA still off.
+        for model in self._lora_models:
+            set_adapter_layers(model, enabled=quality is Quality.draft)
         self.pipe.scheduler = self.schedulers[quality]
         self._quality = quality
 
@@ -400,12 +402,15 @@ def redraw_seed(seed: int, attempt: int) -> int:
     return int.from_bytes(digest[:4], "big") % (MAX_SEED + 1)
 
 
-def _loaded_adapters(pipe) -> set[str]:
-    """The LoRA adapter names loaded into any of the pipeline's models (none when PEFT never ran)."""
-    try:
-        return {name for names in pipe.get_list_adapters().values() for name in names}
-    except (ImportError, ValueError):
-        return set()
+def _models_with_adapter(pipe, adapter: str) -> list:
+    """The pipeline's models (a compiled one unwrapped) into which the LoRA `adapter` was loaded."""
+    models = []
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        model = getattr(pipe, name, None)
+        model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
+        if model is not None and adapter in (getattr(model, "peft_config", None) or {}):
+            models.append(model)
+    return models
 
 
 def _failed(requests: list[ResolvedPage], kind: ErrorKind, message: str) -> list[PageResult]:

@@ -93,7 +93,7 @@ def test_the_lora_itself_changes_a_draft(generator):
     request = generator.resolve(draft())
     generator.use_quality(Quality.draft)
     with_lora = generator.generate_group([request])[0].image
-    generator.pipe.disable_lora()
+    generator.pipe.disable_lora()  # diffusers' own switch (the generator flips the layers themselves)
     try:
         without = generator.generate_group([request])[0].image
     finally:

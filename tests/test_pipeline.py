@@ -325,8 +325,10 @@ def test_adapters_still_act_after_every_lever(levered, generator):
     # Same page as without the levers (fusion and layout change rounding only).
     assert psnr(reference.image, page(generator, continuation()).image) >= SEEN_AT_LEAST_DB
     # With the draft LoRA on too (issue 27): compiled, channels_last, Q/K/V fused where the LoRA allows it.
+    # Rounding weighs more in 2 steps with the ControlNet fused (measured 57.4 dB, 2026-12-01); a draft drawn with the
+    # LoRA switched off (as a compiled UNet did before the switch flipped its layers directly) is ~16 dB away.
     sketch = page(levered, continuation(quality="draft"))
-    assert psnr(sketch.image, page(generator, continuation(quality="draft")).image) >= SEEN_AT_LEAST_DB
+    assert psnr(sketch.image, page(generator, continuation(quality="draft")).image) >= 45.0
     assert psnr(sketch.image, reference.image) < CHANGED_BELOW_DB
 
 
