@@ -163,7 +163,7 @@ def test_full_size_bench_runs_end_to_end_on_the_tiny_set(tiny_dir, tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "bench", "--full-size", "--profile", "tiny", "--model-dir", str(tiny_dir),
          "--no-large", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
+        capture_output=True, text=True, timeout=600, cwd=REPO,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-4000:]
     report = json.loads((out / "bench.json").read_text())
