@@ -4,7 +4,7 @@
 2. Loads it in a fresh child process through the one loading path (`load_page_generator`, profile `sdxl`, the code
    `bentoml serve` runs) and draws pages there: time to ready, peak RSS, seconds per denoising step at 256² and
    1024², and the checks that the real-size code works: page size, finite latents, and each of the two adapters
-   and the ControlNet changing the page.
+   and the ControlNet changing the page; then one page of each `quality` (final, draft) at 1024², side by side.
 3. Writes OUT/bench.json and removes the models unless `--keep`.
 
 `--profile tiny` runs the same two children on the tiny set (`pipeline.tiny`) in seconds: tests/test_fullsize.py
@@ -142,7 +142,7 @@ class StepClock:
         return [end - start for start, end in zip(self.starts, self.ends)]
 
 
-def _draw(generator, clock, size: int, steps: int):
+def _draw(generator, clock, size: int, steps: int | None, quality: str = "final"):
     from bench.workload import character_picture, page_picture
     from pipeline import PageRequest
 
@@ -154,6 +154,7 @@ def _draw(generator, clock, size: int, steps: int):
         width=size,
         height=size,
         steps=steps,
+        quality=quality,
     )
     clock.reset()
     started = time.perf_counter()
@@ -162,6 +163,58 @@ def _draw(generator, clock, size: int, steps: int):
     if not result.ok:
         raise RuntimeError(f"the page failed: {result.error}")
     return result, clock.latents, clock.step_seconds(), wall
+
+
+def draft_vs_final(generator, clock, size: int, steps_each: int | None = None, sync=lambda: None) -> dict:
+    """One page of each quality at `size`², the same request (a continuation page with two characters, seed 7).
+
+    `steps_each=None` draws each page in full (its quality's own steps: the GPU); a number draws that many steps of
+    each (the CPU, where a 30-step 1024² page takes most of an hour) and the page is then estimated as its fixed costs
+    (depth, image encoding, VAE decode, picture check: the measured wall time less its steps) plus its quality's
+    steps at the measured median step time. A draft step costs more than a final one: the LoRA is unfused."""
+    import numpy as np
+    import torch
+
+    from pipeline.page import Quality
+
+    pages, images = {}, {}
+    for quality in (Quality.final, Quality.draft):
+        resolved = generator.resolve(_request_steps_only(quality))
+        result, latents, step_s, wall = _draw(generator, clock, size, steps_each, quality.value)
+        sync()
+        images[quality.value] = np.asarray(result.image, dtype=np.float64)
+        drawn = len(step_s)
+        step = median(step_s) if step_s else None
+        fixed = wall - sum(step_s)
+        pages[quality.value] = {
+            "steps_of_the_quality": resolved.steps,
+            "guidance_scale": resolved.guidance_scale,
+            "scheduler": type(generator.pipe.scheduler).__name__,
+            "steps_drawn": drawn,
+            "wall_s": wall,
+            "step_s": step_s,
+            "step_s_median": step,
+            "fixed_s": fixed,
+            "page_s": wall if drawn == resolved.steps else fixed + resolved.steps * step,
+            "page_s_is": "measured" if drawn == resolved.steps else "estimated from the steps drawn",
+            "timings_ms": result.timings_ms,
+            "latents_finite": latents is not None and bool(torch.isfinite(latents).all()),
+        }
+        progress(f"child: {quality.value} page at {size}²: {pages[quality.value]}")
+    final, draft = pages["final"], pages["draft"]
+    return {
+        "size": size,
+        **pages,
+        "draft_over_final_page_s": draft["page_s"] / final["page_s"],
+        "draft_over_final_step_s": draft["step_s_median"] / final["step_s_median"],
+        "pixel_mean_abs_diff": float(np.abs(images["draft"] - images["final"]).mean()),
+    }
+
+
+def _request_steps_only(quality):
+    from pipeline import PageRequest
+
+    return PageRequest(prompt="steps", seed=0, quality=quality)
 
 
 TRANSLATION_PROMPTS = (
@@ -331,6 +384,13 @@ def child(root: Path, report: Path, large: bool, profile: str = "sdxl") -> None:
         }
         checks["large_page_finite"] = result["large_page"]["latents_finite"]
         progress(f"child: {LARGE_SIZE}²: {wall:.1f} s, step {steps[0]:.1f} s, {page.timings_ms}")
+    draft_size = LARGE_SIZE if large else CHECK_SIZE
+    result["draft_vs_final"] = draft_vs_final(generator, clock, draft_size, steps_each=LARGE_STEPS if large else 1)
+    checks["draft_page_finite"] = result["draft_vs_final"]["draft"]["latents_finite"]
+    checks["draft_differs_from_final"] = result["draft_vs_final"]["pixel_mean_abs_diff"] > 0
+    progress(
+        f"child: draft/final page time at {draft_size}²: {result['draft_vs_final']['draft_over_final_page_s']:.3f}"
+    )
     result["translation"] = translation_timing(generator)
     if result["translation"] is not None:
         result["translation"]["diffusion_ms_beside"] = pages["full"]["timings_ms"].get("diffusion")

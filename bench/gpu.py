@@ -11,7 +11,9 @@ docs/PERFORMANCE.md in order, each adding to the one before:
     cpu_offload     fp16 + SDPA with model CPU offload (the original backend's 8 GB promise): peak memory
 
 at batch 1, 2 and 4 (the same page as the CPU run: a continuation page with two characters), checking that every
-page's latents are finite. Random weights cost the same FLOPs as real ones, so the speeds are real.
+page's latents are finite. With the first lever it also draws that page once as `quality: draft` and once as
+`final`, each in full (8 LoRA steps against 30), and records the two side by side and their ratio (`draft`).
+Random weights cost the same FLOPs as real ones, so the speeds are real.
 
 One invocation stays under 10 minutes: each measurement runs under the time left (`--budget-s`) and what does not
 fit is recorded as not run. The parts split the work: `--part eager` (the default: build + fp16_sdpa,
@@ -212,7 +214,15 @@ def child(lever: str, root: Path, report: Path, batches: tuple[int, ...], steps:
         }
         progress(f"child {lever}: batch {batch}: {result['batches'][str(batch)]}")
     if lever == next(iter(LEVERS)):  # once per run, beside the pipeline as on the model service
-        from bench.fullsize import moderation_cost
+        from bench.fullsize import draft_vs_final, moderation_cost
+
+        if generator.drafts:
+            for quality in ("final", "draft"):  # warm-up of each quality's shapes, untimed
+                generator.generate(
+                    [PageRequest(prompt="warm-up", seed=0, width=size, height=size, steps=2, quality=quality)]
+                )
+            result["draft"] = draft_vs_final(generator, clock, size, sync=torch.cuda.synchronize)
+            progress(f"child {lever}: draft: {result['draft']}")
 
         result["moderation"] = moderation_cost(root, settings)
         progress(f"child {lever}: moderation: {result['moderation']}")

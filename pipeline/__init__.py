@@ -8,7 +8,7 @@ from importlib import import_module
 
 from .config import ModelSettings, Profile
 from .faults import FaultSettings
-from .page import MAX_CHARACTERS, MAX_SEED, ErrorKind, PageRequest, ResolvedPage
+from .page import MAX_CHARACTERS, MAX_SEED, ErrorKind, PageRequest, Quality, ResolvedPage
 
 _NEEDS_TORCH = {
     "GenerationInterrupted": ".generator",
@@ -26,6 +26,7 @@ __all__ = [
     "FaultSettings",
     "ModelSettings",
     "PageRequest",
+    "Quality",
     "ResolvedPage",
     "Profile",
     *_NEEDS_TORCH,

@@ -78,6 +78,11 @@ class ModelSettings(BaseSettings):
     moderation_model: Literal["Qwen/Qwen3Guard-Gen-0.6B", "Qwen/Qwen3Guard-Gen-4B"] = Field(
         "Qwen/Qwen3Guard-Gen-0.6B", description="Which Qwen3Guard-Gen the `sdxl` set downloads (see docs/SECURITY.md)."
     )
+    draft: bool = Field(
+        True,
+        description="Load the few-step Hyper-SD LoRA for `quality: draft` pages (unfused, switched per diffusion "
+        "call); false: no LoRA in memory and draft pages are refused.",
+    )
     embedding_cache_size: int = Field(
         256, ge=0, description="Character embeddings kept in the LRU cache (0 disables it)."
     )

@@ -28,13 +28,20 @@ import torch
 from .config import Profile
 from .sources import (
     ADAPTER_SUBFOLDER,
+    DRAFT_LORA_WEIGHTS,
     FACE_ADAPTER_WEIGHTS,
     IMAGE_ENCODER_FOLDER,
     MODEL_REPOS,
     PROFILES,
     STYLE_ADAPTER_WEIGHTS,
 )
-from .tiny import PlusAdapterShape, build_atomically, plus_adapter_state_dict
+from .tiny import (
+    FULL_SIZE_DRAFT_RANK,
+    PlusAdapterShape,
+    build_atomically,
+    draft_lora_state_dict,
+    plus_adapter_state_dict,
+)
 
 CONFIGS = Path(__file__).resolve().parent / "fullsize_configs"
 BASE = MODEL_REPOS["base"].folder
@@ -361,6 +368,30 @@ def _write_adapters(staging: Path, seed: int) -> None:
         write_safetensors_streaming(path, shapes, make, WEIGHTS_DTYPE)
 
 
+def draft_lora_spreads() -> dict[str, tuple[torch.Size, float]]:
+    """The draft LoRA at SDXL's size: each tensor's shape and spread, from the layout function the tiny set uses
+    (788 modules at rank 64: 196,751,360 parameters, the real file's 787 MB in float32; see pipeline/tiny.py)."""
+    unet = meta_model("unet")
+    spreads: dict[str, tuple[torch.Size, float]] = {}
+
+    def record(key, shape, std):
+        spreads[key] = (torch.Size(shape), std)
+        return torch.empty(shape, device="meta")
+
+    draft_lora_state_dict(unet, FULL_SIZE_DRAFT_RANK, record)
+    return spreads
+
+
+def _write_draft_lora(staging: Path, seed: int) -> None:
+    spreads = draft_lora_spreads()
+
+    def make(key, shape):
+        return _uniform(seed + 3, key, shape, spreads[key][1], WEIGHTS_DTYPE)
+
+    path = staging / MODEL_REPOS["draft_lora"].folder / DRAFT_LORA_WEIGHTS
+    write_safetensors_streaming(path, {key: shape for key, (shape, _) in spreads.items()}, make, WEIGHTS_DTYPE)
+
+
 def _write_tokenizers(staging: Path) -> None:
     """CLIP's byte-level BPE (vocab.json, merges.txt), the same for both SDXL tokenizers, from OpenAI's merge list.
 
@@ -446,6 +477,8 @@ def build_full_size_models(root: Path, seed: int = 0, log=None) -> Path:
         _copy_config(f"{MODEL_REPOS['safety_checker'].folder}/preprocessor_config.json", staging)
         say("writing the two adapters")
         _write_adapters(staging, seed)
+        say("writing the draft LoRA")
+        _write_draft_lora(staging, seed)
         say("writing the depth network")
         _write_depth(staging, seed)
         say("writing the translator")

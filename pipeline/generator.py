@@ -15,9 +15,9 @@ from PIL import Image
 from .config import ModelSettings
 from .embeddings import ImageEmbedder
 from .faults import FaultSettings
-from .page import MAX_SEED, ErrorKind, PageRequest, ResolvedPage, check_request, default_regions
+from .page import MAX_SEED, ErrorKind, PageRequest, Quality, ResolvedPage, check_request, default_regions
 from .safety import PictureChecker
-from .sources import ProfileSpec
+from .sources import DRAFT_ADAPTER, ProfileSpec
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,19 @@ class PageGenerator:
         self.faults = faults or FaultSettings()
         self.embedder = ImageEmbedder(pipe.image_encoder, pipe.feature_extractor, settings.embedding_cache_size)
         self.abandoned = AbandonedJobs()
+        # One scheduler instance per quality, both from the base's config, chosen per call (set_timesteps resets
+        # each one's state); the final one is the pipeline's own, so final pages are drawn exactly as before drafts.
+        self.schedulers = {Quality.final: pipe.scheduler}
+        self._lora_models = _models_with_adapter(pipe, DRAFT_ADAPTER)
+        self.drafts = bool(self._lora_models)
+        if self.drafts:
+            from diffusers import DDIMScheduler
+
+            # Hyper-SD's card: DDIM with "trailing" timesteps for its N-step LoRAs (eta 0, DDIM's default).
+            self.schedulers[Quality.draft] = DDIMScheduler.from_config(
+                pipe.scheduler.config, timestep_spacing="trailing"
+            )
+        self._quality: Quality | None = None  # what the pipeline is set up for now; None: not yet chosen
 
     def translate(self, texts: list[str]) -> list[str]:
         """The English the text encoders read for each text (pipeline/translation.py's rule): unchanged when it has
@@ -132,7 +145,17 @@ class PageGenerator:
         return self.pipe.unet.device
 
     def resolve(self, request: PageRequest) -> ResolvedPage:
-        """The request with every optional setting filled in (a seed drawn if absent), checked against the profile."""
+        """The request with every optional setting filled in (a seed drawn if absent), checked against the profile.
+        A draft's default steps and guidance are the LoRA's; a request's own steps or guidance_scale still win."""
+        try:
+            quality = Quality(request.quality)
+        except ValueError:
+            raise ValueError(f"quality: must be one of {[q.value for q in Quality]}, got {request.quality!r}") from None
+        if quality is Quality.draft and not self.drafts:
+            raise ValueError("quality: draft pages are off on this service (PICTUREBOOK_DRAFT=false)")
+        draft = quality is Quality.draft
+        steps = self.spec.draft_steps if draft else self.spec.steps
+        guidance_scale = self.spec.draft_guidance_scale if draft else self.spec.guidance_scale
         resolved = ResolvedPage(
             prompt=request.prompt,
             prev_frame=request.prev_frame,
@@ -141,11 +164,12 @@ class PageGenerator:
             negative_prompt=request.negative_prompt,
             width=self.spec.width if request.width is None else request.width,
             height=self.spec.height if request.height is None else request.height,
-            steps=self.spec.steps if request.steps is None else request.steps,
-            guidance_scale=self.spec.guidance_scale if request.guidance_scale is None else request.guidance_scale,
+            steps=steps if request.steps is None else request.steps,
+            guidance_scale=guidance_scale if request.guidance_scale is None else request.guidance_scale,
             regions=default_regions(len(request.characters)) if request.regions is None else request.regions,
             deadline=request.deadline,
             job_id=request.job_id,
+            quality=quality,
         )
         check_request(resolved, self.spec)
         return resolved
@@ -274,6 +298,7 @@ class PageGenerator:
             return callback_kwargs
 
         self.faults.inject([request.prompt for request in requests])
+        self.use_quality(first.quality)
         started = time.perf_counter()
         output = self.pipe(
             prompt=[request.prompt for request in requests],
@@ -305,6 +330,21 @@ class PageGenerator:
             )
             for image, request, flagged in zip(output.images, requests, flags)
         ]
+
+    def use_quality(self, quality: Quality) -> None:
+        """Set the pipeline up for a call of `quality` pages: the LoRA on (draft) or off (final), and that quality's
+        scheduler. Nothing is loaded: the LoRA's layers stay in place and only their switch changes, and only when
+        the quality differs from the last call's. Called on the one thread that draws."""
+        if quality is self._quality:
+            return
+        from diffusers.utils.peft_utils import set_adapter_layers
+
+        # On the modules themselves, not pipe.enable_lora()/disable_lora(): those skip a torch.compile'd UNet (an
+        # OptimizedModule is no ModelMixin), so a compiled service would draw drafts with the LoRA still off.
+        for model in self._lora_models:
+            set_adapter_layers(model, enabled=quality is Quality.draft)
+        self.pipe.scheduler = self.schedulers[quality]
+        self._quality = quality
 
     def _flags(self, pictures: list[Image.Image], requests: list[ResolvedPage]) -> list[bool]:
         checked = self.checker.flagged(pictures) if self.checker is not None else [False] * len(pictures)
@@ -360,6 +400,17 @@ def redraw_seed(seed: int, attempt: int) -> int:
     """The seed of the `attempt`-th redraw of a flagged page: derived from the request's, so redraws reproduce."""
     digest = hashlib.sha256(f"{seed}:{attempt}".encode()).digest()
     return int.from_bytes(digest[:4], "big") % (MAX_SEED + 1)
+
+
+def _models_with_adapter(pipe, adapter: str) -> list:
+    """The pipeline's models (a compiled one unwrapped) into which the LoRA `adapter` was loaded."""
+    models = []
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        model = getattr(pipe, name, None)
+        model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
+        if model is not None and adapter in (getattr(model, "peft_config", None) or {}):
+            models.append(model)
+    return models
 
 
 def _failed(requests: list[ResolvedPage], kind: ErrorKind, message: str) -> list[PageResult]:

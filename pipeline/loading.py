@@ -11,6 +11,8 @@ from .config import ModelSettings
 from .host_memory import keep_freed_memory, release_freed_memory
 from .sources import (
     ADAPTER_SUBFOLDER,
+    DRAFT_ADAPTER,
+    DRAFT_LORA_WEIGHTS,
     FACE_ADAPTER_WEIGHTS,
     IMAGE_ENCODER_FOLDER,
     MODEL_REPOS,
@@ -31,6 +33,7 @@ class ModelPaths:
     safety_checker: Path
     translator: Path
     moderation: Path
+    draft_lora: Path
 
     @classmethod
     def under(cls, root: Path) -> ModelPaths:
@@ -78,6 +81,8 @@ def load_page_generator(paths: ModelPaths, settings: ModelSettings):
         image_encoder_folder=IMAGE_ENCODER_FOLDER,
     )
     pipe.set_ip_adapter_scale([settings.face_adapter_scale, settings.style_adapter_scale])
+    if settings.draft:
+        load_draft_lora(pipe, paths.draft_lora)
     if not settings.cpu_offload:  # offload places each model itself; moving all first could not fit a small GPU
         pipe.to(device)
     speedups.after_adapters(pipe, settings)
@@ -89,6 +94,18 @@ def load_page_generator(paths: ModelPaths, settings: ModelSettings):
     if settings.compile if settings.warmup is None else settings.warmup:
         warm_up(generator)
     return generator
+
+
+def load_draft_lora(pipe, folder: Path) -> None:
+    """The few-step LoRA, once, unfused under its adapter name and switched off: PageGenerator switches it on for a
+    draft call and off for a final one (diffusers' enable_lora/disable_lora), never reloading it. After the
+    IP-Adapters (it wraps the attention projections, not the processors, so theirs stay) and before the speed-ups
+    (Q/K/V fusion skips the projections it wraps; torch.compile sees the wrapped modules)."""
+    started = time.perf_counter()
+    # A .safetensors weight_name: diffusers reads it with safetensors, never unpickling.
+    pipe.load_lora_weights(str(folder), weight_name=DRAFT_LORA_WEIGHTS, adapter_name=DRAFT_ADAPTER)
+    pipe.disable_lora()
+    log.info("draft LoRA loaded in %.1f s", time.perf_counter() - started)
 
 
 def load_prompt_translator(folder: Path, settings: ModelSettings):
@@ -134,7 +151,7 @@ def warm_up(generator) -> None:
     """Draw throw-away pages of every group shape, so compilation happens before the first user arrives."""
     from PIL import Image
 
-    from .page import PageRequest
+    from .page import PageRequest, Quality
 
     blank = Image.new("RGB", (64, 64), (128, 128, 128))
     started = time.perf_counter()
@@ -142,6 +159,14 @@ def warm_up(generator) -> None:
         [
             PageRequest(prompt="warm-up", seed=0),
             PageRequest(prompt="warm-up", prev_frame=blank, characters=(blank,), seed=0),
+            *(
+                [
+                    PageRequest(prompt="warm-up", seed=0, quality=Quality.draft),
+                    PageRequest(prompt="warm-up", prev_frame=blank, characters=(blank,), seed=0, quality=Quality.draft),
+                ]
+                if generator.drafts
+                else []
+            ),
         ]
     )
     log.info("warm-up took %.1f s", time.perf_counter() - started)

@@ -44,6 +44,14 @@ def check_regions(regions, n_characters: int) -> None:
             raise ValueError(f"regions: box {index} must have 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, got {list(box)}")
 
 
+class Quality(StrEnum):
+    """How a page is drawn. `final`: the profile's steps and scheduler, as every page was before drafts. `draft`: the
+    few-step LoRA (sources.DRAFT_LORA), its own step count, scheduler and guidance, the negative prompt still read."""
+
+    final = "final"
+    draft = "draft"
+
+
 class ErrorKind(StrEnum):
     """Why one page could not be drawn (its batch-mates are not affected). Closed: serving maps each to a status."""
 
@@ -70,6 +78,7 @@ class PageRequest:
     regions: tuple[Box, ...] | None = None  # one box per character; default_regions when absent
     deadline: float | None = None  # wall-clock time (time.time()) after which nobody waits for this page
     job_id: str | None = None  # names the page to PageGenerator.abandon when its client hangs up
+    quality: Quality = Quality.final  # draft: the few-step LoRA's steps, scheduler and guidance as defaults
 
 
 @dataclass(frozen=True)
@@ -89,14 +98,16 @@ class ResolvedPage:
     regions: tuple[Box, ...]
     deadline: float | None
     job_id: str | None
+    quality: Quality = Quality.final
 
     def group_key(self) -> tuple:
         """Requests with the same key run in one diffusion call (the pipeline takes these per call, not per item).
 
         The number of characters is not in it: each character acts through its own mask, and a page with fewer
         characters than its batch-mates is padded with all-zero masks. First and continuation pages stay apart:
-        the ControlNet's conditioning scale is one number per call."""
-        return (self.width, self.height, self.steps, self.guidance_scale, self.prev_frame is not None)
+        the ControlNet's conditioning scale is one number per call. Draft and final pages stay apart: the LoRA is
+        switched on or off and the scheduler chosen for a whole call."""
+        return (self.width, self.height, self.steps, self.guidance_scale, self.prev_frame is not None, self.quality)
 
 
 def check_request(request: ResolvedPage, spec: ProfileSpec) -> None:

@@ -138,6 +138,23 @@ MODERATION_REPOS: dict[str, ModelRepo] = {
 }
 MODEL_REPOS["moderation"] = MODERATION_REPOS[os.environ.get("PICTUREBOOK_MODERATION_MODEL", "Qwen/Qwen3Guard-Gen-0.6B")]
 
+# The few-step LoRA of `quality: draft` pages (pipeline/generator.py), OpenRAIL++ (NOTICE). Hyper-SD's 8-step
+# "CFG-preserved" SDXL LoRA: trained to keep classifier-free guidance (the card: guidance 5 to 8), so the child-safe
+# negative prompt still acts, unlike LCM/TCD/Lightning LoRAs that want guidance near 1. The card's diffusers recipe:
+# DDIMScheduler with timestep_spacing="trailing", 8 steps, guidance 5.0; it also states ControlNet compatibility.
+# The revision is the hub commit a08b9c3 ("Upload 12-step SD15/XL CFG LoRAs"), whose tree lists this file (added
+# in ebed5c7, 30 Apr 2024, unchanged since per the file's commit history); public projects pin the same bytes:
+# 787,359,648 bytes, sha256 55b51334c85061afff5eff7c550b61963c8b8607a5868bbe4f26db49374719b1 (nixified-ai/flake's
+# fetchFromHuggingFace hash, converted from base64). safetensors only; nothing pickled.
+MODEL_REPOS["draft_lora"] = ModelRepo(
+    folder="Hyper-SD",
+    repo_id="ByteDance/Hyper-SD",
+    revision="a08b9c3da8dc3be0a6e79b04721bf237241403f9",
+    include=("Hyper-SDXL-8steps-CFG-lora.safetensors",),
+)
+DRAFT_LORA_WEIGHTS = "Hyper-SDXL-8steps-CFG-lora.safetensors"
+DRAFT_ADAPTER = "draft"  # the adapter name the LoRA is loaded under (diffusers/PEFT), switched per diffusion call
+
 FACE_ADAPTER_WEIGHTS = "ip-adapter-plus-face_sdxl_vit-h.safetensors"
 STYLE_ADAPTER_WEIGHTS = "ip-adapter-plus_sdxl_vit-h.safetensors"
 ADAPTER_SUBFOLDER = "sdxl_models"
@@ -156,6 +173,8 @@ class ProfileSpec:
     guidance_scale: float
     depth_resolution: int  # controlnet-aux `detect_resolution`
     max_side: int  # largest width/height a request may ask for
+    draft_steps: int = 8  # `quality: draft`: the LoRA's step count (Hyper-SDXL-8steps-CFG)
+    draft_guidance_scale: float = 5.0  # the card's 5 to 8; above 1, so the negative prompt is still read
 
 
 PROFILES: dict[Profile, ProfileSpec] = {
@@ -178,5 +197,6 @@ PROFILES: dict[Profile, ProfileSpec] = {
         guidance_scale=5.0,
         depth_resolution=256,
         max_side=768,
+        draft_steps=2,  # fewer than its 4 final steps, as the real draft is fewer than 30
     ),
 }

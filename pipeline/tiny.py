@@ -29,6 +29,7 @@ from .moderation import (
 )
 from .sources import (
     ADAPTER_SUBFOLDER,
+    DRAFT_LORA_WEIGHTS,
     FACE_ADAPTER_WEIGHTS,
     IMAGE_ENCODER_FOLDER,
     MODEL_REPOS,
@@ -49,6 +50,7 @@ TEXT_TIME_GAIN = 80.0
 CROSS_ATTENTION_GAIN = 8.0
 FLAGGED_FIXTURE_THRESHOLD = 0.985  # cosine to the fixture above which the tiny checker flags a picture
 RESAMPLER_GAIN = 4.0  # the adapters' image projection: characters and the previous page
+TINY_DRAFT_RANK = 4
 
 
 def build_tiny_models(root: Path, seed: int = 0) -> Path:
@@ -60,6 +62,7 @@ def build_tiny_models(root: Path, seed: int = 0) -> Path:
         _write_controlnet(staging / MODEL_REPOS["controlnet"].folder, unet)
         _write_vae(staging / MODEL_REPOS["vae"].folder)
         _write_ip_adapters(staging / MODEL_REPOS["ip_adapter"].folder, unet)
+        _write_draft_lora(staging / MODEL_REPOS["draft_lora"].folder, unet, seed)
         _write_depth(staging / MODEL_REPOS["depth"].folder)
         _write_safety_checker(staging / MODEL_REPOS["safety_checker"].folder)
         write_tiny_translator(staging / MODEL_REPOS["translator"].folder)
@@ -226,6 +229,63 @@ def _write_ip_adapters(folder: Path, unet):
             key: value * RESAMPLER_GAIN if key.startswith("image_proj.") else value for key, value in state.items()
         }
         save_file(state, str(path))
+
+
+# The modules the draft LoRA adapts. Hyper-SDXL's file is 787,359,648 bytes; these modules of SDXL's UNet (788 of
+# them: LCM-LoRA-SDXL's set) at rank 64 in float32 come to 787,005,440 bytes of tensors, and the 354,208 left are
+# 450 bytes a module, a safetensors header of three entries (down, up, alpha) per module. So its layout is inferred
+# from its size and the LCM-LoRA convention, not read from the file (no copy of its key list was at hand).
+DRAFT_LORA_TARGETS = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "time_emb_proj",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+)
+FULL_SIZE_DRAFT_RANK = 64
+
+
+def draft_lora_state_dict(unet, rank: int, normal) -> dict[str, torch.Tensor]:
+    """A LoRA for `unet` in diffusers' PEFT layout (`unet.<module>.lora_A/lora_B.weight`, no alphas: scale 1), one
+    pair per module named by DRAFT_LORA_TARGETS. `normal(name, shape, std)` gives each tensor; both factors are
+    non-zero (a trained LoRA's are), so switching it on changes the page."""
+    state = {}
+    for name, module in unet.named_modules():
+        if not any(name == t or name.endswith("." + t) for t in DRAFT_LORA_TARGETS):
+            continue
+        if isinstance(module, torch.nn.Linear):
+            down, up = (rank, module.in_features), (module.out_features, rank)
+            fan_in = module.in_features
+        elif isinstance(module, torch.nn.Conv2d):
+            height, width = module.kernel_size
+            down, up = (rank, module.in_channels, height, width), (module.out_channels, rank, 1, 1)
+            fan_in = module.in_channels * height * width
+        else:
+            continue
+        for factor, shape, std in (("lora_A", down, fan_in**-0.5), ("lora_B", up, rank**-0.5 * 0.05)):
+            key = f"unet.{name}.{factor}.weight"
+            state[key] = normal(key, shape, std)
+    return state
+
+
+def _write_draft_lora(folder: Path, unet, seed: int = 0) -> None:
+    # Its own generator: the models written after it draw the same numbers as before the LoRA joined the set.
+    generator = torch.Generator().manual_seed(seed)
+
+    def normal(name, shape, std):
+        return torch.randn(*shape, generator=generator) * std
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(draft_lora_state_dict(unet, TINY_DRAFT_RANK, normal), str(folder / DRAFT_LORA_WEIGHTS))
 
 
 @dataclass(frozen=True)

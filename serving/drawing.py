@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import bentoml
 from starlette.responses import JSONResponse
 
+from pipeline.page import Quality
+
 from .content_safety import PromptGate
 from .errors import field_error, overloaded, page_error
 from .images import ImageInputError, normalised_png
@@ -60,7 +62,13 @@ def checked_pictures(
 
 
 def page_job(
-    page: Page, prompt: str, seed: int | None, pictures: PagePictures, deadline: float, safe_negative: str
+    page: Page,
+    prompt: str,
+    seed: int | None,
+    pictures: PagePictures,
+    deadline: float,
+    safe_negative: str,
+    quality: Quality = Quality.final,
 ) -> PageJob:
     """A checked page (a /generate request, or a book's settings and cast) as the wire's job, the child-safe
     negative prompt put before the page's own."""
@@ -77,6 +85,7 @@ def page_job(
         guidance_scale=page.guidance_scale,
         deadline=deadline,
         job_id=uuid.uuid4().hex,
+        quality=quality,
     )
 
 
@@ -134,7 +143,9 @@ class PageDrawer:
         deadline = time.time() + settings.request_timeout_s
         limits = settings.image_limits
         pictures = await asyncio.to_thread(checked_pictures, request.prev_frame, request.characters, limits)
-        job = page_job(request, request.prompt, request.seed, pictures, deadline, settings.safe_negative_prompt)
+        job = page_job(
+            request, request.prompt, request.seed, pictures, deadline, settings.safe_negative_prompt, request.quality
+        )
         try:
             answer = await self.draw(job)
         except Overloaded as error:

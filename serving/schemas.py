@@ -18,6 +18,7 @@ from pipeline.page import (
     MAX_STEPS,
     MIN_SIDE,
     SIDE_MULTIPLE,
+    Quality,
     check_regions,
 )
 from pipeline.sources import PROFILES
@@ -123,6 +124,14 @@ class GenerateRequest(PageSettings, Cast):
         examples=["Two friends talk in a garden, character 1 on the left, character 2 on the right"],
     )
     seed: int | None = seed_field(examples=[42])
+    quality: Quality = Field(
+        Quality.final,
+        description="`final` (default): the profile's steps, as without this field. `draft`: the few-step "
+        "Hyper-SD LoRA (8 steps at full size, guidance kept so the negative prompt still acts): a quick look at the "
+        "page; send the same seed with `final` to draw it in full. Draft and final pages are never drawn in one "
+        "diffusion call.",
+        examples=["final"],
+    )
 
     @field_validator("prev_frame")
     @classmethod

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.page import ErrorKind, PageRequest
+from pipeline.page import ErrorKind, PageRequest, Quality
 
 from .images import decode_trusted_png, encode_png
 from .metrics import count_picture_checks
@@ -39,6 +39,7 @@ class PageJob(BaseModel):
     guidance_scale: float | None = None
     deadline: float | None = None  # wall-clock time (time.time()) after which the front no longer waits
     job_id: str | None = None  # what the front names when it tells the model service the client hung up
+    quality: Quality = Quality.final  # draft: the few-step LoRA (a batch never mixes the two)
 
     def page_request(self) -> PageRequest:
         """The page as the pipeline takes it, its pictures decoded (trusted: the front normalised them)."""
@@ -55,6 +56,7 @@ class PageJob(BaseModel):
             guidance_scale=self.guidance_scale,
             deadline=self.deadline,
             job_id=self.job_id,
+            quality=self.quality,
         )
 
 

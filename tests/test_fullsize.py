@@ -56,9 +56,21 @@ def test_adapters_have_the_layout_diffusers_converts(table):
     assert table["face_adapter"]["built"] == table["style_adapter"]["built"]
 
 
+def test_the_draft_lora_has_the_size_of_the_real_file():
+    """788 modules of SDXL's UNet at rank 64: 196,751,360 parameters, 787,005,440 bytes in float32, the real file's
+    787,359,648 bytes less its safetensors header (pipeline/tiny.py says how the layout was inferred)."""
+    spreads = fullsize.draft_lora_spreads()
+    modules = {key.rsplit(".lora_", 1)[0] for key in spreads}
+    assert len(modules) == 788 and len(spreads) == 2 * 788
+    assert sum(shape.numel() for shape, _ in spreads.values()) == 196_751_360
+    ranks = {shape[0] for key, (shape, _) in spreads.items() if ".lora_A." in key}
+    assert ranks == {64} and all(std > 0 for _, std in spreads.values())
+
+
 def test_configs_are_stored_for_every_model_folder():
     folders = {path.name for path in fullsize.CONFIGS.iterdir() if path.is_dir()}
-    assert folders == {repo.folder for key, repo in MODEL_REPOS.items() if key != "depth"}  # depth: no config file
+    no_config = ("depth", "draft_lora")  # a checkpoint and a LoRA: no config file of their own
+    assert folders == {repo.folder for key, repo in MODEL_REPOS.items() if key not in no_config}
     for path in fullsize.CONFIGS.rglob("*.json"):
         json.loads(path.read_text())
     assert "Where each configuration comes from" in (fullsize.CONFIGS / "SOURCES.md").read_text()
@@ -155,13 +167,17 @@ def test_full_size_bench_runs_end_to_end_on_the_tiny_set(tiny_dir, tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "bench", "--full-size", "--profile", "tiny", "--model-dir", str(tiny_dir),
          "--no-large", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
+        capture_output=True, text=True, timeout=600, cwd=REPO,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-4000:]
     report = json.loads((out / "bench.json").read_text())
     assert report["profile"] == "tiny" and report["build"]["reused"]
     assert report["run"]["checks"] and all(report["run"]["checks"].values()), report["run"]["checks"]
     assert report["run"]["check_pages"]["full"]["size"] == [256, 256]
+    pair = report["run"]["draft_vs_final"]  # issue 27: one page of each quality, side by side, and the ratio
+    assert (pair["final"]["steps_of_the_quality"], pair["draft"]["steps_of_the_quality"]) == (4, 2)
+    assert (pair["final"]["scheduler"], pair["draft"]["scheduler"]) == ("EulerDiscreteScheduler", "DDIMScheduler")
+    assert pair["final"]["page_s_is"] == "estimated from the steps drawn" and pair["draft_over_final_page_s"] > 0
     assert tiny_dir.exists(), "a set given with --model-dir is kept"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -214,6 +215,7 @@ def test_openapi_documents_the_contract(served):
         ({"regions": [[0, 0, 0.5, 1], [0.5, 0, 1.5, 1]]}, "regions"),  # out of the page
         ({"regions": [[0, 0, 0.5, 1], ["left", 0, 1, 1]]}, "regions"),  # not numbers
         ({"regions": "left and right"}, "regions"),
+        ({"quality": "sketchy"}, "quality"),
     ],
 )
 def test_bad_request_is_a_4xx_naming_the_field_and_the_next_request_succeeds(served, change, field):
@@ -257,6 +259,7 @@ def test_bentoml_build_packs_the_tiny_models(tmp_path, bentoml_home, built_bento
         names = bento.getnames()
     assert sum(name.endswith(".safetensors") for name in names) >= 6, names
     assert any(name.endswith("sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors") for name in names)
+    assert any(name.endswith("Hyper-SD/Hyper-SDXL-8steps-CFG-lora.safetensors") for name in names)  # drafts
 
 
 def test_model_service_refuses_pickled_bodies(served):
@@ -376,3 +379,28 @@ def test_the_portrait_benchmark_measures_a_round(served):
     result = measure(served, rounds=1, warm_up=False)
     assert set(result["medians"]) >= {"portrait_ms", "first_page_ms", "page_with_portrait_ms"}
     assert result["medians"]["portrait_diffusion_ms"] > 0
+
+
+# --- `quality: draft` (issue 27): the README's example, run as written against this server
+
+
+def readme_draft_commands(base_url: str) -> str:
+    readme = (REPO / "README.md").read_text()
+    script = re.search(r"```bash\n(.+?)\n```", readme.split("**Quick drafts.**", 1)[1], re.S).group(1)
+    assert script.count("localhost:8000/generate") == 2 and '"quality": "draft"' in script
+    return script.replace("localhost:8000", base_url.removeprefix("http://"))
+
+
+def test_the_readme_draft_then_final_commands(served, tmp_path):
+    script = readme_draft_commands(served)
+    run = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    draft, final = (json.loads((tmp_path / name).read_text()) for name in ("draft.json", "final.json"))
+    assert draft["seed"] == final["seed"] == 7
+    assert psnr(png_from_b64(draft["img"]), png_from_b64(final["img"])) < 25  # another picture, not a copy
+    # Each reproducible by its seed, and no `quality` is the final page.
+    body = {"prompt": "a fox flies a kite over the hill", "seed": 7}
+    again = post(served, dict(body, quality="draft")).json()
+    assert psnr(png_from_b64(again["img"]), png_from_b64(draft["img"])) == float("inf")
+    unset = post(served, body).json()
+    assert psnr(png_from_b64(unset["img"]), png_from_b64(final["img"])) == float("inf")
