@@ -44,3 +44,12 @@ def built_bento(bentoml_home):
     """`PICTUREBOOK_PROFILE=tiny bentoml build`, offline: (tag, bento folder)."""
     tag = re.search(r"picturebook:\w+", bentoml_cli(bentoml_home, "build", "--output", "tag")).group(0)
     return tag, bentoml_home / "bentos" / "picturebook" / tag.split(":")[1]
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A real `redis-server` (Debian's) on a free loopback port, no persistence, for one test module."""
+    from testkit.redis import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
