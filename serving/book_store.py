@@ -226,8 +226,10 @@ class RedisStore:
 
     def __init__(self, url: str, retention_s: int, timeout_s: float = 5.0):
         import redis.asyncio as redis
+        from redis.exceptions import OutOfMemoryError
 
-        self.errors = (redis.ConnectionError, redis.TimeoutError, OSError)
+        # Unreachable, or full (`maxmemory` with `noeviction` refuses writes): a 503 at submit, retried by a job.
+        self.errors = (redis.ConnectionError, redis.TimeoutError, OutOfMemoryError, OSError)
         self.redis = redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.retention_s = int(retention_s)
         self._reserve = self.redis.register_script(_RESERVE)

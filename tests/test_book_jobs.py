@@ -50,17 +50,25 @@ class Replica:
 
     def __init__(self, name: str, folder, bentoml_home, **env: str):
         self.name, self.folder, self.home, self.env = name, folder, bentoml_home, env
-        self.port = free_port()
         self.process = None
         self._serving = None
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.starts = 0
 
     def start(self) -> Replica:
+        """Serve (again), on a port of its own: a restarted pod is a new address too."""
+
         def seen(process):
             self.process = process
 
-        self._serving = bentoml_serve(self.folder / f"{self.name}.log", self.home, self.port, seen, **self.env)
-        self._serving.__enter__()
+        self.starts += 1
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        log = self.folder / f"{self.name}-{self.starts}.log"
+        self._serving = bentoml_serve(log, self.home, port, seen, **self.env)
+        try:
+            self._serving.__enter__()
+        except (RuntimeError, TimeoutError) as error:  # the log may be gone with its temporary folder later
+            raise RuntimeError(f"{error}\n{log.read_text(errors='replace')[-3000:]}") from None
         return self
 
     def runs(self, replica: str) -> bool:
@@ -321,3 +329,17 @@ def test_redis_stopped_submit_is_503_and_generate_still_draws(cluster, redis_ser
         assert ready.status_code == 200 and ready.headers["x-picturebook-books"].startswith("unavailable")
     finally:
         redis_server.start()
+
+
+# -- the benchmark, at its fastest: one round of one-page books ------------------------------------------------------
+
+
+def test_the_books_benchmark_compares_the_embedded_store_and_redis(tmp_path):
+    from bench.books import main
+
+    result = main(["--rounds", "1", "--pages", "1", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "books.json").read_text()) == result
+    for name in ("embedded_alone", "embedded_together", "redis_alone", "redis_together"):
+        assert result[name]["pages_per_s"] > 0, name
+    memory = result["redis_one_finished_book"]
+    assert memory["pages"] == 1 and memory["memory_usage_bytes"] > memory["png_bytes"] > 0
