@@ -8,9 +8,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psutil
 import pytest
@@ -207,6 +210,19 @@ def test_the_embedded_default_cancels_and_holds_its_limit(embedded):
     canceled = requests.delete(f"{embedded.url}/books/{book_id}", timeout=30)
     assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
     assert submit(embedded.url, book(pages=1)).status_code == 202  # the slot came back
+
+
+def test_the_readme_books_commands_run_as_written(embedded, tmp_path):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    script = re.search(r"```bash\n(.+?)\n```", readme.split("#### `/books`", 1)[1], re.S).group(1)
+    assert "localhost:8000/books" in script
+    script = script.replace("localhost:8000", embedded.url.removeprefix("http://"))
+    run = subprocess.run(["bash", "-ec", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("event: page") == 2 and "event: end" in run.stdout
+    assert run.stdout.strip().endswith("completed"), run.stdout
+    assert from_png((tmp_path / "page0.png").read_bytes()).size == (256, 256)
+    assert len(PdfReader(tmp_path / "book.pdf").pages) == 3
 
 
 # -- two replicas on one Redis --------------------------------------------------------------------------------------
