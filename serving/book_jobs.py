@@ -97,21 +97,37 @@ class Books:
             self._local[book_id] = task
             return
         try:
-            await self.queue.enqueue(
-                "draw_book",
-                key=book_id,
-                book_id=book_id,
-                timeout=0,  # no limit on a book's time: the heartbeat tells a live job from a dead one
-                heartbeat=self.settings.book_heartbeat_s,
-                retries=TAKEOVERS,
-                ttl=self.settings.book_retention_s,
-            )
+            await self._enqueue_job(book_id)
         except self.store.errors as error:
             try:
                 await self.store.finish(book_id, "failed", {"index": -1, "kind": "internal", "error": str(error)})
             except StoreUnavailable:
                 pass
             raise StoreUnavailable(f"Redis did not take the job: {error}") from error
+
+    async def _enqueue_job(self, book_id: str):
+        return await self.queue.enqueue(
+            "draw_book",
+            key=book_id,
+            book_id=book_id,
+            timeout=0,  # no limit on a book's time: the heartbeat tells a live job from a dead one
+            heartbeat=self.settings.book_heartbeat_s,
+            retries=TAKEOVERS,
+            ttl=self.settings.book_retention_s,
+        )
+
+    async def _reap(self) -> None:
+        """Queue again every unfinished book that has no live job. SAQ can lose one: when Redis stalls, every
+        heartbeat stops, and after it the sweep aborts the jobs of live workers; the abort of the old attempt can
+        then land on the new one (saq/worker.py `abort` against saq/queue/redis.py `sweep`, 0.26.4). The
+        checkpoint makes a second attempt harmless, so a book is queued again rather than left drawing forever."""
+        for book_id in await self.store.unfinished():
+            job = await self.queue.job(book_id)
+            if job is not None and job.status in ("new", "queued", "active"):
+                continue
+            record = await self.store.record(book_id)
+            if record is not None and record.status not in FINAL and await self._enqueue_job(book_id):
+                log.warning("book %s had no live job (%s): queued again", book_id, job and job.status)
 
     async def cancel(self, book_id: str) -> Record | None:
         """Cancel a book: no page after the one being drawn (which the model service is told to drop), its slot
@@ -199,13 +215,19 @@ class Books:
         self._background = [asyncio.create_task(worker.start()), asyncio.create_task(self._announce())]
 
     async def _announce(self) -> None:
-        """Count this replica's slots in the cluster's capacity while it lives."""
+        """Count this replica's slots in the cluster's capacity while it lives; queue again a book that lost its job."""
         every_s = max(1.0, self.settings.book_heartbeat_s / 3)
+        beats = 0
         while True:
             try:
                 await self.store.announce(self.replica, self.settings.max_books, alive_s=3 * every_s)
-            except StoreUnavailable as error:
+                beats += 1
+                if beats % 6 == 0:  # every two heartbeats
+                    await self._reap()
+            except (StoreUnavailable, *self.store.errors) as error:
                 log.warning("book store unreachable: %s", error)
+            except Exception:
+                log.exception("book reaper")
             await asyncio.sleep(every_s)
 
     async def stop(self) -> None:

@@ -252,6 +252,10 @@ class RedisStore:
             pipe.zadd(REPLICAS, {replica: time.time() + alive_s}).hset(SLOTS, replica, slots)
             await self._call(pipe.execute())
 
+    async def unfinished(self) -> list[str]:
+        """The books queued or drawing, in any replica."""
+        return [book_id.decode() for book_id in await self._call(self.redis.zrange(UNFINISHED, 0, -1))]
+
     async def withdraw(self, replica: str) -> None:
         await self._call(self.redis.zrem(REPLICAS, replica))
 

@@ -238,10 +238,13 @@ async def draw_book(store, book_id: str, drawer: PageDrawer, replica: str) -> No
     except StoreLost as error:
         message = f"the book store (Redis) was unreachable for {retry_s:.0f} s: {error}"
         log.error("book %s failed: %s", book_id, message)
-        try:  # one last try: Redis may be back by now
-            await store.finish(book_id, "failed", {"index": -1, "kind": "internal", "error": message})
-        except StoreUnavailable:
-            pass
+        failure = {"index": -1, "kind": "internal", "error": message}
+        # Written once Redis takes writes again, even if this job is aborted meanwhile (SAQ sweeps a job whose
+        # heartbeat stopped, as it did while Redis was away): a later takeover then finds the book failed.
+        try:
+            await asyncio.shield(patiently(max(60.0, 4 * retry_s), store.finish, book_id, "failed", failure))
+        except StoreLost:
+            log.error("book %s: its failure could not be written either", book_id)
 
 
 class PdfPageRequest(BaseModel):
