@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         {
             "pages_per_book": args.pages,
             "books_together": BOOKS_TOGETHER,
-            "load_average": os.getloadavg(),
+            "load_average": list(os.getloadavg()),
             "rounds": {k: [{x: y for x, y in r.items() if x != "ids"} for r in v] for k, v in rounds.items()},
             **summary,
             "redis_one_finished_book": memory,
