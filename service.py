@@ -11,10 +11,12 @@ import bentoml
 from bentoml.validators import ContentType
 
 from pipeline.config import ModelSettings
-from serving import framework
+from serving import errors, framework
 from serving.bento_models import declared_models, model_paths
 from serving.book_gate import BookGate
-from serving.books import BookJobs, BookRequest, BookResult, PdfRequest, pdf_file
+from serving.book_jobs import Books
+from serving.book_routes import book_app
+from serving.books import BookRequest, BookResult, PdfRequest, pdf_file
 from serving.characters import PortraitRequest, PortraitResponse, character_portrait
 from serving.content_safety import PromptGate
 from serving.draining import Draining
@@ -34,8 +36,9 @@ from serving.wire import PageAnswer, PageJob, TextVerdict, draw_jobs, moderate_t
 connections = framework.install(settings)  # every patch of BentoML, uvicorn and Pillow, before any server starts
 model_settings = ModelSettings()
 api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
-book_jobs = BookJobs(settings.max_books)  # one per front process: BookGate (below) and the book task share it
 prompts = PromptGate(settings, model_settings.moderation)  # lists then model, for /generate and books at submit
+# Books in Redis (PICTUREBOOK_REDIS_URL) or in this process; one per front process, its worker drawing here.
+books = Books(settings, prompts)
 
 
 @bentoml.service(
@@ -100,6 +103,7 @@ PageModel.add_asgi_middleware(RefusePickledBodies)
     workers=1,
 )
 @bentoml.asgi_app(studio_app, path="/studio")
+@bentoml.asgi_app(book_app(books), path="/")  # /books…: matches only its own routes (BentoML mounts passively)
 class PictureBook:
     model = bentoml.depends(PageModel)
 
@@ -112,9 +116,11 @@ class PictureBook:
     async def start(self) -> None:
         warn_if_open_to_the_network(api_key)
         await self.client.open()
+        await books.start(self.pages)
 
     @bentoml.on_shutdown
     async def disconnect_from_model(self) -> None:
+        await books.stop()  # with Redis, a book drawing here goes back to the queue for another replica
         await self.client.close()
 
     @bentoml.api(route="/generate", input_spec=GenerateRequest, output_spec=GenerateResponse)
@@ -125,10 +131,11 @@ class PictureBook:
     async def character(self, **fields: Any) -> PortraitResponse:
         return await character_portrait(self.pages, validated_by_bentoml(PortraitRequest, fields))
 
-    # /book/submit, /book/status, /book/get (BentoML's task routes) and /book/progress (BookGate).
+    # Declared for BentoML's API document and typed clients only: BookGate answers /book/submit, /book/status,
+    # /book/get and /book/progress from the book store, so this body never runs.
     @bentoml.task(route="/book", input_spec=BookRequest, output_spec=BookResult)
-    async def book(self, ctx: bentoml.Context, **fields: Any) -> BookResult:
-        return await book_jobs.run(validated_by_bentoml(BookRequest, fields), self.pages, ctx)
+    async def book(self, **fields: Any) -> BookResult:
+        return errors.not_a_job()
 
     @bentoml.api(route="/book/pdf", input_spec=PdfRequest)
     async def book_pdf(self, ctx: bentoml.Context, **fields: Any) -> Annotated[Path, ContentType("application/pdf")]:
@@ -138,10 +145,10 @@ class PictureBook:
 # Outermost first: draining, /readyz, hang-ups; refuse unauthenticated callers; bodies that are not small JSON
 # arriving in time; excess load (admitted once its body is here, so slow senders hold no slot); book submissions.
 PictureBook.add_asgi_middleware(Draining, public=True, retry_after_s=settings.retry_after_s)
-PictureBook.add_asgi_middleware(FastReadiness, moderation=model_settings.moderation)
+PictureBook.add_asgi_middleware(FastReadiness, moderation=model_settings.moderation, books=books)
 PictureBook.add_asgi_middleware(CancelOnHangUp)
 if api_key is not None:
     PictureBook.add_asgi_middleware(ApiKeyAuth, api_key=api_key)
 PictureBook.add_asgi_middleware(JsonBodyOnly, **settings.body_limits)
 PictureBook.add_asgi_middleware(AdmissionLimit, limit=settings.max_concurrency, retry_after_s=settings.retry_after_s)
-PictureBook.add_asgi_middleware(BookGate, jobs=book_jobs, prompts=prompts, settings=settings)
+PictureBook.add_asgi_middleware(BookGate, books=books)

@@ -1,14 +1,17 @@
-"""`python -m bench.books`: a whole book alone, and several books submitted together, against the real server.
+"""`python -m bench.books`: books on the embedded store and on Redis, side by side, against real servers.
 
-Alternating rounds on one tiny `bentoml serve` (side by side, so the machine's drift hits both alike): one 6-page
-book alone, then 4 such books at once. Reports the median wall time of each and pages per second; book pages go
-through the same adaptive batcher as /generate, so books in flight together can share diffusion calls.
+Two tiny `bentoml serve` (one embedded, one with `PICTUREBOOK_REDIS_URL` on a Debian `redis-server` this starts on
+a loopback port, nothing saved), in alternating rounds so the machine's drift hits both alike: one book alone, then
+4 books at once, through `POST /books`. Reports the median wall time and pages per second of each, and what one
+finished book takes in Redis (`MEMORY USAGE` of its keys, against its PNG bytes).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,17 +22,18 @@ import requests
 from bench.common import median, progress, rounded
 from bench.served import prepare_store
 from testkit.pictures import PROMPTS, picture, png_b64
+from testkit.redis import RedisServer
 from testkit.server import bentoml_serve, free_port
 
 PAGES = 6
 BOOKS_TOGETHER = 4
 
 
-def book(n: int) -> dict:
+def book(n: int, pages: int = PAGES) -> dict:
     return {
         "title": f"Book {n}",
         "characters": [png_b64(picture(2000 + n, (96, 96)))],
-        "pages": [{"text": PROMPTS[(n + i) % len(PROMPTS)], "seed": 100 * n + i} for i in range(PAGES)],
+        "pages": [{"text": PROMPTS[(n + i) % len(PROMPTS)], "seed": 100 * n + i} for i in range(pages)],
     }
 
 
@@ -37,40 +41,90 @@ def draw_books(url: str, books: list[dict]) -> dict:
     """Submit every book at once; wait until all are done. Wall seconds, pages/s, and the batch sizes seen."""
     started = time.perf_counter()
     with ThreadPoolExecutor(len(books)) as pool:
-        ids = list(pool.map(lambda b: requests.post(f"{url}/book/submit", json=b, timeout=60).json()["task_id"], books))
+        answers = list(pool.map(lambda b: requests.post(f"{url}/books", json=b, timeout=120), books))
+    ids = []
+    for answer in answers:
+        if answer.status_code != 202:
+            raise RuntimeError(f"submit: {answer.status_code} {answer.text}")
+        ids.append(answer.json()["id"])
     pending = set(ids)
     while pending:
-        for task_id in list(pending):
-            status = requests.get(f"{url}/book/status", params={"task_id": task_id}, timeout=30).json()["status"]
-            if status == "failed":
-                raise RuntimeError(f"book {task_id} failed")
+        for book_id in list(pending):
+            state = requests.get(f"{url}/books/{book_id}", timeout=30).json()
+            status = state["status"]
+            if status in ("failed", "canceled"):
+                raise RuntimeError(f"book {book_id} {status}: {state['failure']}")
             if status == "completed":
-                pending.discard(task_id)
+                pending.discard(book_id)
         time.sleep(0.05)
     wall = time.perf_counter() - started
-    results = [requests.get(f"{url}/book/get", params={"task_id": i}, timeout=60).json() for i in ids]
-    sizes = [page["batch_size"] for result in results for page in result["pages"]]
-    return {"wall_s": wall, "pages_per_s": len(sizes) / wall, "mean_batch_size": sum(sizes) / len(sizes)}
+    pages = [requests.get(f"{url}/books/{i}/pages", timeout=60).json()["pages"] for i in ids]
+    sizes = [page["batch_size"] for book_pages in pages for page in book_pages]
+    return {"wall_s": wall, "pages_per_s": len(sizes) / wall, "mean_batch_size": sum(sizes) / len(sizes), "ids": ids}
+
+
+def redis_bytes(redis_url: str, book_id: str, url: str) -> dict:
+    """What one finished book takes in Redis, against the PNG bytes of its pages."""
+    from serving.book_store import RedisStore
+
+    async def measure() -> int:
+        store = RedisStore(redis_url, retention_s=60)
+        try:
+            return await store.memory_bytes(book_id)
+        finally:
+            await store.close()
+
+    pngs = [
+        len(requests.get(f"{url}/books/{book_id}/pages/{k}.png", timeout=30).content)
+        for k in range(requests.get(f"{url}/books/{book_id}", timeout=30).json()["pages_total"])
+    ]
+    used = asyncio.run(measure())
+    return {"memory_usage_bytes": used, "png_bytes": sum(pngs), "pages": len(pngs), "overhead_bytes": used - sum(pngs)}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.books", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pages", type=int, default=PAGES, help="pages per book")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as home:
+    with tempfile.TemporaryDirectory() as home, RedisServer(Path(home) / "redis") as redis_server:
         prepare_store(Path(home))
-        log = Path(home) / "serve.log"
-        with bentoml_serve(log, Path(home), free_port(), PICTUREBOOK_MAX_BOOKS=str(BOOKS_TOGETHER)) as (url, _):
-            draw_books(url, [book(99)])  # warm-up
-            rounds = {"alone": [], "together": []}
+        # A page's timeout well past what a loaded machine takes: this measures throughput, not the timeout.
+        env = {"PICTUREBOOK_MAX_BOOKS": str(BOOKS_TOGETHER), "PICTUREBOOK_REQUEST_TIMEOUT_S": "900"}
+        embedded = bentoml_serve(Path(home) / "embedded.log", Path(home), free_port(), **env)
+        on_redis = bentoml_serve(
+            Path(home) / "redis.log", Path(home), free_port(), PICTUREBOOK_REDIS_URL=redis_server.url, **env
+        )
+        with embedded as (embedded_url, _), on_redis as (redis_url, _):
+            urls = {"embedded": embedded_url, "redis": redis_url}
+            for url in urls.values():
+                draw_books(url, [book(99, args.pages)])  # warm-up
+            rounds = {f"{store}_{kind}": [] for store in urls for kind in ("alone", "together")}
             for round_number in range(args.rounds):
                 progress(f"round {round_number + 1}/{args.rounds}")
-                rounds["alone"].append(draw_books(url, [book(0)]))
-                rounds["together"].append(draw_books(url, [book(n) for n in range(BOOKS_TOGETHER)]))
-    summary = {name: {key: median(r[key] for r in runs) for key in runs[0]} for name, runs in rounds.items()}
-    summary["throughput_ratio_together_vs_alone"] = summary["together"]["pages_per_s"] / summary["alone"]["pages_per_s"]
-    result = rounded({"pages_per_book": PAGES, "books_together": BOOKS_TOGETHER, "rounds": rounds, **summary})
+                for store, url in urls.items():
+                    rounds[f"{store}_alone"].append(draw_books(url, [book(0, args.pages)]))
+                    together = [book(n, args.pages) for n in range(BOOKS_TOGETHER)]
+                    rounds[f"{store}_together"].append(draw_books(url, together))
+            memory = redis_bytes(redis_server.url, rounds["redis_alone"][-1]["ids"][0], redis_url)
+    summary = {
+        name: {key: median(r[key] for r in runs) for key in runs[0] if key != "ids"} for name, runs in rounds.items()
+    }
+    for kind in ("alone", "together"):
+        summary[f"redis_vs_embedded_{kind}"] = (
+            summary[f"redis_{kind}"]["pages_per_s"] / summary[f"embedded_{kind}"]["pages_per_s"]
+        )
+    result = rounded(
+        {
+            "pages_per_book": args.pages,
+            "books_together": BOOKS_TOGETHER,
+            "load_average": list(os.getloadavg()),
+            "rounds": {k: [{x: y for x, y in r.items() if x != "ids"} for r in v] for k, v in rounds.items()},
+            **summary,
+            "redis_one_finished_book": memory,
+        }
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "books.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))

@@ -1,32 +1,37 @@
-"""The ASGI side of book jobs that BentoML's task routes do not give: checks at submit, the running-books limit,
-and `GET /book/progress`. The plain `POST /book` BentoML also makes for a task is refused (405).
+"""The first book routes, kept for existing clients as thin aliases over the book store (serving/book_jobs.py):
+`POST /book/submit`, `GET /book/status`, `GET /book/get`, `GET /book/progress`, answered here as BentoML's task
+routes answered them. The plain `POST /book` BentoML also makes for a task is refused (405).
 
-BentoML's `/book/submit` stores the raw request and answers a task id before the task parses it, so a bad book
-would only fail later. This gate checks the book first (the schema, its pictures and its texts, as strictly as
-/generate), and answers a 400 naming the field (`pages[3].prompt`, or a 422 for a refused text) before any task
-exists. It also reserves one of `max_books`
-slots (429 with Retry-After when none is free); the job frees it when it ends.
+The `@bentoml.task` in service.py stays declared so that BentoML's API document and its typed clients
+(`client.book.submit(...)`) still know these routes; its body never runs, since this middleware answers first.
+Checks at submit are those of `POST /books` (Books.submit): a 400 naming the field, a 422 for a refused text, a
+429 with Retry-After when every slot is taken, a 503 when the store is unreachable, before any job exists.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
+import time
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
-from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from . import errors
-from .books import BookJobs, BookRequest, book_pictures
-from .content_safety import PromptGate
-from .drawing import PagePictures
-from .guards import replaying
-from .settings import ServingSettings
+from .book_store import FINAL, StoreUnavailable
+from .books import BookProgress, BookResult, DrawnPage, book_pdf_b64, check_book, failure_status
 
-BOOK, SUBMIT, PROGRESS = "/book", "/book/submit", "/book/progress"
+if TYPE_CHECKING:
+    from .book_jobs import Books
+
+__all__ = ["BookGate", "ProgressQuery", "check_book"]
+BOOK, SUBMIT, STATUS, GET, PROGRESS = "/book", "/book/submit", "/book/status", "/book/get", "/book/progress"
+# BentoML stored a task's result a moment after its last progress, and clients poll /book/progress, then
+# /book/status: a status turned final before that progress read would answer "completed" beside a progress still
+# "running". /book/status keeps saying in_progress this long after the book finished.
+STATUS_SETTLE_S = 0.5
 
 
 class ProgressQuery(BaseModel):
@@ -42,89 +47,119 @@ class ProgressQuery(BaseModel):
         return since
 
 
-def check_book(body: bytes, limits: dict[str, int]) -> tuple[BookRequest, PagePictures]:
-    """The parsed book and its pictures decoded, checked and normalised (kept for its pages), or a ValidationError
-    naming the field."""
-    book = BookRequest.model_validate_json(body)
-    return book, book_pictures(book, limits)
+def progress_status(status: str) -> str:
+    return status if status in FINAL else "running"
 
 
 class BookGate:
-    def __init__(self, app, jobs: BookJobs, prompts: PromptGate, settings: ServingSettings):
+    def __init__(self, app, books: Books):
         self.app = app
-        self.jobs = jobs
-        self.prompts = prompts
-        self.image_limits = settings.image_limits
-        self.retry_after_s = settings.retry_after_s
+        self.books = books
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == PROGRESS and scope["method"] == "GET":
-            await self._progress(scope, receive, send)
-        elif scope["type"] == "http" and scope["path"] == SUBMIT and scope["method"] == "POST":
-            await self._submit(scope, receive, send)
-        elif scope["type"] == "http" and scope["path"] == BOOK and scope["method"] == "POST":
-            # BentoML also serves every task as a plain call; a book takes minutes, past any HTTP timeout, and
-            # would bypass the checks and the limit above.
+        route = (scope.get("path"), scope.get("method")) if scope["type"] == "http" else None
+        handler = {
+            (SUBMIT, "POST"): self._submit,
+            (STATUS, "GET"): self._status,
+            (GET, "GET"): self._result,
+            (PROGRESS, "GET"): self._progress,
+        }.get(route)
+        if handler is not None:
+            try:
+                answer = await handler(scope, receive)
+            except StoreUnavailable as error:
+                answer = errors.store_unavailable(str(error), self.books.settings.retry_after_s)
+            if answer is not None:
+                await answer(scope, receive, send)
+        elif route == (BOOK, "POST"):
+            # BentoML also serves every task as a plain call; a book takes minutes, past any HTTP timeout.
             await errors.not_a_job()(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
-    async def _progress(self, scope: Scope, receive: Receive, send: Send) -> None:
-        query = parse_qs(scope.get("query_string", b"").decode(), keep_blank_values=True)  # "since=" is no number
-        task_id = query.get("task_id", [""])[0]
-        progress = self.jobs.progress(task_id) if task_id else None
-        try:
-            since = ProgressQuery.model_validate({"since": query.get("since", ["0"])[0]}).since
-        except ValidationError as error:
-            answer = errors.invalid_fields(error)
-        else:
-            if not task_id:
-                answer = errors.bad_query("task_id is required")
-            elif progress is None:
-                answer = errors.not_found("no book with this task_id in this replica")
-            else:
-                # Serialised once, straight to the body; the pictures of the pages before `since` are left out.
-                skipped = {"pages": set(range(min(since, len(progress.pages))))} if since else None
-                answer = Response(progress.model_dump_json(exclude=skipped), media_type="application/json")
-        await answer(scope, receive, send)
-
-    async def _submit(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _submit(self, scope: Scope, receive: Receive) -> Response | None:
         chunks = []
         while True:  # JsonBodyOnly (outside this gate) has bounded and buffered it: one message
             message = await receive()
             if message["type"] == "http.disconnect":
-                return
+                return None
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        try:
-            book, pictures = await asyncio.to_thread(check_book, body, self.image_limits)
-        except ValidationError as error:
-            await errors.invalid_fields(error)(scope, receive, send)
-            return
-        refused = await self.prompts.refusal(book.texts())
+        book_id, refused = await self.books.submit(b"".join(chunks))
         if refused is not None:
-            await refused(scope, receive, send)
-            return
-        if not self.jobs.reserve():
-            message = f"{self.jobs.max_running} books are drawing already; retry later"
-            await errors.too_many(message, self.retry_after_s)(scope, receive, send)
-            return
+            return refused
+        return JSONResponse({"task_id": book_id, "status": "in_progress"})
 
-        accepted = False
+    async def _record(self, scope: Scope):
+        """(task id, its record, the query), or an error answer in place of the record."""
+        query = parse_qs(scope.get("query_string", b"").decode(), keep_blank_values=True)  # "since=" is no number
+        task_id = query.get("task_id", [""])[0]
+        if not task_id:
+            return task_id, errors.bad_query("task_id is required"), query
+        record = await self.books.store.record(task_id)
+        if record is None:
+            return task_id, errors.not_found("task_id not found (unknown, or expired)"), query
+        return task_id, record, query
 
-        async def watch_status(message: Message) -> None:
-            nonlocal accepted
-            if message["type"] == "http.response.start":
-                accepted = message["status"] == 200
-            elif message["type"] == "http.response.body" and accepted:
-                # Progress exists from the task id's first answer on, before the job itself starts.
-                self.jobs.start(json.loads(message["body"])["task_id"], len(book.pages), pictures)
-            await send(message)
+    async def _status(self, scope: Scope, receive: Receive) -> Response:
+        task_id, record, _ = await self._record(scope)
+        if isinstance(record, Response):
+            return record
+        settled = record.status in FINAL and time.time() - record.finished >= STATUS_SETTLE_S
+        status = record.status if settled else "in_progress"
+        created = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(record.created))
+        executed = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(record.finished)) if settled else None
+        return JSONResponse({"task_id": task_id, "status": status, "created_at": created, "executed_at": executed})
 
+    async def _pages(self, task_id: str, since: int = 0) -> list[DrawnPage]:
+        import base64
+
+        store = self.books.store
+        metas = await store.pages(task_id, since)
+        pngs = [await store.png(task_id, meta["index"]) for meta in metas]
+        return [
+            DrawnPage(img=base64.b64encode(png).decode("ascii"), **{k: v for k, v in meta.items() if k != "replica"})
+            for meta, png in zip(metas, pngs)
+        ]
+
+    async def _result(self, scope: Scope, receive: Receive) -> Response:
+        import asyncio
+
+        task_id, record, _ = await self._record(scope)
+        if isinstance(record, Response):
+            return record
+        if record.status not in FINAL:
+            return JSONResponse({"error": f"task {task_id} is not completed yet"}, status_code=400)
+        pages = await self._pages(task_id)
+        pdf = await asyncio.to_thread(book_pdf_b64, record.info["title"], pages) if pages else None
+        result = BookResult(
+            status=record.status,
+            title=record.info["title"],
+            pages_total=record.total,
+            pages=pages,
+            failure=record.failure,
+            pdf=pdf,
+        )
+        return Response(result.model_dump_json(), failure_status(record.failure), media_type="application/json")
+
+    async def _progress(self, scope: Scope, receive: Receive) -> Response:
+        task_id, record, query = await self._record(scope)
         try:
-            await self.app(scope, replaying(body, receive), watch_status)
-        finally:
-            if not accepted:  # no task was made: the job that would free the slot never runs
-                self.jobs.release()
+            since = ProgressQuery.model_validate({"since": query.get("since", ["0"])[0]}).since
+        except ValidationError as error:
+            return errors.invalid_fields(error)
+        if isinstance(record, Response):
+            return record
+        pages = await self._pages(task_id)
+        progress = BookProgress(
+            task_id=task_id,
+            status=progress_status(record.status),
+            pages_done=len(pages),
+            pages_total=record.total,
+            pages=pages,
+            failure=record.failure,
+        )
+        # The pictures of the pages before `since` are left out.
+        skipped = {"pages": set(range(min(since, len(progress.pages))))} if since else None
+        return Response(progress.model_dump_json(exclude=skipped), media_type="application/json")

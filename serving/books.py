@@ -3,24 +3,26 @@ progress, and its result with the PDF.
 
 Page k of a book is exactly the /generate request with page k-1's picture as `prev_frame`, the book's characters
 and regions, and the page's own seed, so pages of different books (and /generate calls) batch together. BentoML
-tasks have no progress of their own (bentoml issue #5434): `BookJobs` keeps it in this process, which is also the
-process that runs the task, so `/book/progress` answers from the replica that took the job.
+book is a job in a store (serving/book_store.py: Redis, or this process), drawn by a worker of any replica
+(serving/book_jobs.py) and answered by every replica (serving/book_routes.py, and the old `/book/*` routes in
+serving/book_gate.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
+import secrets
 import time
-import uuid
-from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from pipeline.page import ErrorKind
+from pipeline.page import MAX_SEED, ErrorKind
 
+from .book_store import StoreUnavailable
 from .drawing import Overloaded, PageDrawer, PagePictures, checked_pictures
 from .errors import HTTP_STATUS, field_error
 from .images import ImageInputError, decode_image, decode_trusted_png, own_page_as_prev_frame
@@ -29,6 +31,7 @@ from .pdf import render_book_pdf
 from .schemas import EXAMPLE_PNG, MAX_PROMPT_CHARS, Cast, PageSettings, prompt_field, seed_field
 from .settings import serving_settings
 
+log = logging.getLogger(__name__)
 MAX_BOOK_PAGES = serving_settings.max_book_pages
 MAX_TITLE_CHARS = 200
 
@@ -91,7 +94,7 @@ class PageFailure(BaseModel):
 
 
 class BookResult(BaseModel):
-    status: Literal["completed", "failed"]
+    status: Literal["completed", "failed", "canceled"]
     title: str
     pages_total: int
     pages: list[DrawnPage] = Field(..., description="Every page drawn, in order (the finished ones when failed).")
@@ -104,7 +107,7 @@ class BookProgress(BaseModel):
     the last page can show here a moment before BentoML has stored it."""
 
     task_id: str
-    status: Literal["running", "completed", "failed"] = "running"
+    status: Literal["running", "completed", "failed", "canceled"] = "running"
     pages_done: int = 0
     pages_total: int
     pages: list[DrawnPage] = Field(default_factory=list, description="The pages finished so far, in order.")
@@ -117,56 +120,37 @@ def book_pictures(book: BookRequest, limits: dict) -> PagePictures:
     return checked_pictures(book.first_frame, book.characters, limits, prev_field="first_frame", schema="BookRequest")
 
 
-class BookJobs:
-    """Book jobs of this process: how many may draw at once, each one's progress (the last `keep` kept), and the
-    pictures checked at submit, held until the job takes them."""
+def check_book(body: bytes, limits: dict[str, int]) -> tuple[BookRequest, PagePictures]:
+    """The parsed book and its pictures decoded, checked and normalised (kept for its pages), or a ValidationError
+    naming the field."""
+    book = BookRequest.model_validate_json(body)
+    return book, book_pictures(book, limits)
 
-    def __init__(self, max_running: int, keep: int = 256):
-        self.max_running = max_running
-        self.keep = keep
-        self.running = 0
-        self._progress: OrderedDict[str, BookProgress] = OrderedDict()
-        self._pictures: OrderedDict[str, PagePictures] = OrderedDict()
 
-    def reserve(self) -> bool:
-        """Take a slot for a book about to be submitted; False when `max_running` books already hold one."""
-        if self.running >= self.max_running:
-            return False
-        self.running += 1
-        return True
+def fixed_seeds(book: BookRequest) -> BookRequest:
+    """The book with every page's seed fixed now, at submit: a page drawn again (after a takeover) is the same page."""
+    pages = [page if page.seed is not None else page.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
+             for page in book.pages]  # fmt: skip
+    return book.model_copy(update={"pages": pages})
 
-    def release(self) -> None:
-        self.running = max(0, self.running - 1)
 
-    def start(self, task_id: str, pages_total: int, pictures: PagePictures | None = None) -> BookProgress:
-        """The progress of a book from its submission on (pages_done 0); the same object when already started.
-        `pictures` (checked at submit) wait here for the job, which runs after BentoML has answered the submit."""
-        if pictures is not None:
-            self._pictures[task_id] = pictures
-            while len(self._pictures) > self.keep:
-                self._pictures.popitem(last=False)
-        if task_id not in self._progress:
-            self._progress[task_id] = BookProgress(task_id=task_id, pages_total=pages_total)
-            while len(self._progress) > self.keep:
-                self._progress.popitem(last=False)
-        return self._progress[task_id]
+def stored_job(book: BookRequest, pictures: PagePictures) -> str:
+    """What a worker reads to draw the book: the request, its seeds fixed and its pictures as checked at submit (the
+    normalised PNGs in place of what the client sent, so no worker decodes an untrusted picture again)."""
+    checked = {"first_frame": pictures.prev_frame, "characters": pictures.characters}
+    return book.model_copy(update=checked).model_dump_json()
 
-    def progress(self, task_id: str) -> BookProgress | None:
-        return self._progress.get(task_id)
 
-    async def run(self, book: BookRequest, drawer: PageDrawer, ctx) -> BookResult:
-        """The book task's body: draw it with its progress, set the task's HTTP status, free the slot BookGate
-        reserved at submit."""
-        task_id = getattr(ctx.request.state, "task_id", None) or uuid.uuid4().hex  # BentoML sets it for a task
-        try:
-            progress = self.start(task_id, len(book.pages))
-            pictures = self._pictures.pop(task_id, None)
-            if pictures is None:  # not submitted through BookGate: checked here instead, still once for the book
-                pictures = await asyncio.to_thread(book_pictures, book, drawer.settings.image_limits)
-            result, ctx.response.status_code = await draw_book(book, pictures, drawer, progress)
-            return result
-        finally:
-            self.release()
+def failure_status(failure: dict | None) -> int:
+    """The HTTP status of a finished book's result (`/book/get`): 200, or its failed page's."""
+    if failure is None:
+        return 200
+    if failure["kind"] == "overloaded":
+        return 503
+    try:
+        return HTTP_STATUS[ErrorKind(failure["kind"])]
+    except ValueError:
+        return 500
 
 
 def book_pdf_b64(title: str, pages: list[DrawnPage]) -> str:
@@ -187,51 +171,80 @@ async def _draw_page(drawer: PageDrawer, book: BookRequest, page: BookPageReques
             await asyncio.sleep(retry_after_s)
 
 
-async def draw_book(
-    book: BookRequest, pictures: PagePictures, drawer: PageDrawer, progress: BookProgress
-) -> tuple[BookResult, int]:
-    """Every page in order, each continuing the one before, and the HTTP status of the result. A failed page ends
-    the book, keeping what was drawn; its status (>= 400) makes the BentoML task a failed one.
+class StoreLost(Exception):
+    """The book store stayed unreachable past PICTUREBOOK_BOOK_STORE_RETRY_S."""
 
-    `pictures` are the book's, checked once (`book_pictures`): the characters of every page, and the first page's
-    `prev_frame`. Each next page's `prev_frame` is the page before as the model service drew it, a trusted PNG."""
-    limits = drawer.settings.image_limits
-    prev_frame = pictures.prev_frame
-    failure, status = None, 200
-    for index, page in enumerate(book.pages):
+
+async def patiently(retry_s: float, call, *args):
+    """A store call, retried with backoff while the store is unreachable, for up to `retry_s` seconds."""
+    give_up_at = time.monotonic() + retry_s
+    delay = 0.2
+    while True:
         try:
-            output = await _draw_page(drawer, book, page, PagePictures(prev_frame, pictures.characters))
-        except Overloaded as error:
-            failure, status = PageFailure(index=index, kind="overloaded", error=str(error)), 503
-            break
-        if output.error_kind:
-            failure = PageFailure(index=index, kind=output.error_kind.value, error=output.error)
-            status = HTTP_STATUS[ErrorKind(output.error_kind)]
-            break
-        drawn = DrawnPage(
-            index=index,
-            text=page.text,
-            img=output.img,
-            seed=output.seed,
-            batch_size=output.batch_size,
-            timings_ms=output.timings_ms,
-            prompt_drawn=output.prompt_drawn,
-        )
-        progress.pages.append(drawn)
-        progress.pages_done = len(progress.pages)
-        prev_frame = await asyncio.to_thread(own_page_as_prev_frame, output.img, **limits)
-    progress.failure = failure
-    progress.status = "failed" if failure else "completed"
-    pdf = await asyncio.to_thread(book_pdf_b64, book.title, progress.pages) if progress.pages else None
-    result = BookResult(
-        status=progress.status,
-        title=book.title,
-        pages_total=len(book.pages),
-        pages=progress.pages,
-        failure=failure,
-        pdf=pdf,
-    )
-    return result, status
+            return await call(*args)
+        except StoreUnavailable as error:
+            if time.monotonic() + delay > give_up_at:
+                raise StoreLost(str(error)) from error
+            log.warning("book store unreachable, retrying in %.1f s: %s", delay, error)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 5.0)
+
+
+async def draw_book(store, book_id: str, drawer: PageDrawer, replica: str) -> None:
+    """Draw a stored book from its first unfinished page on, checkpointing every page before the next starts.
+
+    Page k continues page k-1 as the model service drew it (a trusted PNG), with the book's characters and page k's
+    seed, fixed at submit, so a page drawn again after a takeover is the same page. A failed page ends the book,
+    keeping what was drawn. A canceled book (`DELETE`) takes no further page: the checkpoint refuses it and the
+    loop stops. Cancelling this coroutine (the replica stops, or the book is canceled) leaves the book as it is, for
+    another worker to continue."""
+    retry_s = drawer.settings.book_store_retry_s
+    try:
+        if not await patiently(retry_s, store.claim, book_id, replica):
+            return  # finished or canceled meanwhile, or expired
+        record = await patiently(retry_s, store.record, book_id)
+        book = BookRequest.model_validate_json(await patiently(retry_s, store.job, book_id))
+        limits = drawer.settings.image_limits
+        prev_frame = book.first_frame
+        if record.done:
+            last = await patiently(retry_s, store.png, book_id, record.done - 1)
+            prev_frame = await asyncio.to_thread(own_page_as_prev_frame, base64.b64encode(last).decode(), **limits)
+        for index in range(record.done, len(book.pages)):
+            page = book.pages[index]
+            try:
+                output = await _draw_page(drawer, book, page, PagePictures(prev_frame, book.characters))
+            except Overloaded as error:
+                failure = PageFailure(index=index, kind="overloaded", error=str(error))
+                await patiently(retry_s, store.finish, book_id, "failed", failure.model_dump())
+                return
+            if output.error_kind:
+                failure = PageFailure(index=index, kind=output.error_kind.value, error=output.error)
+                await patiently(retry_s, store.finish, book_id, "failed", failure.model_dump())
+                return
+            meta = {
+                "index": index,
+                "text": page.text,
+                "seed": output.seed,
+                "batch_size": output.batch_size,
+                "timings_ms": output.timings_ms,
+                "prompt_drawn": output.prompt_drawn,
+                "replica": replica,
+            }
+            png = base64.b64decode(output.img)
+            if not await patiently(retry_s, store.checkpoint, book_id, index, png, meta):
+                return  # canceled, or another worker is ahead: nothing more for this one to draw
+            prev_frame = await asyncio.to_thread(own_page_as_prev_frame, output.img, **limits)
+        await patiently(retry_s, store.finish, book_id, "completed", None)
+    except StoreLost as error:
+        message = f"the book store (Redis) was unreachable for {retry_s:.0f} s: {error}"
+        log.error("book %s failed: %s", book_id, message)
+        failure = {"index": -1, "kind": "internal", "error": message}
+        # Written once Redis takes writes again, even if this job is aborted meanwhile (SAQ sweeps a job whose
+        # heartbeat stopped, as it did while Redis was away): a later takeover then finds the book failed.
+        try:
+            await asyncio.shield(patiently(max(60.0, 4 * retry_s), store.finish, book_id, "failed", failure))
+        except StoreLost:
+            log.error("book %s: its failure could not be written either", book_id)
 
 
 class PdfPageRequest(BaseModel):

@@ -164,6 +164,12 @@ def shutting_down(retry_after_s: int) -> ErrorAnswer:
     return _answer(503, "shutting down; retry on another replica", retry_after_s=retry_after_s, close=True)
 
 
+def store_unavailable(reason: str, retry_after_s: int) -> ErrorAnswer:
+    """503 with Retry-After: the book store (Redis) did not answer at submit; nothing was stored."""
+    message = f"books are unavailable: the book store did not answer ({reason}); /generate still works, retry later"
+    return _answer(503, message, retry_after_s=retry_after_s)
+
+
 def not_ready(reason: str) -> ErrorAnswer:
     """503 from /readyz."""
     return _answer(503, reason)
@@ -187,6 +193,11 @@ def bad_query(message: str) -> ErrorAnswer:
 
 def not_found(message: str) -> ErrorAnswer:
     return _answer(404, message)
+
+
+def conflict(message: str) -> ErrorAnswer:
+    """409: what was asked does not exist yet in the book's state (a PDF of a book still drawing)."""
+    return _answer(409, message)
 
 
 # -- what the API document says about them (serving/framework.py puts it in BentoML's document) -----------------------
@@ -215,7 +226,7 @@ def documented_answers() -> dict[int, tuple[str, dict[str, dict]]]:
     return {
         400: ("Invalid request: `detail` names each bad field.", details),
         401: ("Missing or wrong API key (when one is configured); sent with `WWW-Authenticate: Bearer`.", details),
-        404: ("No such route.", {}),
+        404: ("No such route, or no such book (unknown, or expired).", {}),
         408: ("The body did not arrive in time (see PICTUREBOOK_BODY_READ_MIN_S).", {}),
         413: ("The body is larger than PICTUREBOOK_MAX_BODY_BYTES.", {}),
         415: ("The body is not `application/json`.", details),

@@ -63,7 +63,21 @@ class ServingSettings(BaseSettings):
     )
     retry_after_s: int = Field(5, ge=1, description="`Retry-After` seconds sent with 429/503 when overloaded.")
     max_book_pages: int = Field(24, ge=1, le=200, description="Most pages in one book job.")
-    max_books: int = Field(4, ge=1, description="Book jobs drawing at once; more get 429 with `Retry-After` at submit.")
+    max_books: int = Field(
+        4, ge=1, description="Books one replica draws at once; submit gets 429 with `Retry-After` when all are taken."
+    )
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Redis for book jobs shared by every replica (`redis://host:6379/0`); unset: books live in the "
+        "one front process (one replica only).",
+    )
+    book_retention_s: int = Field(86_400, ge=60, description="Seconds a book (pages, PDF) is kept after its last page.")
+    book_heartbeat_s: int = Field(
+        10, ge=1, description="With Redis: a book whose replica has not been heard of this long is taken over."
+    )
+    book_store_retry_s: float = Field(
+        30, ge=0, description="How long a book job retries an unreachable Redis before failing the book."
+    )
 
     prompt_filter: bool = Field(True, description="Refuse prompts, page texts and titles the blocklists match (422).")
     blocklist_dir: Path | None = Field(

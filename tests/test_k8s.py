@@ -47,8 +47,11 @@ class Rendered:
     def all(self, kind: str) -> list[dict]:
         return [o for o in self.objects if o["kind"] == kind]
 
-    def one(self, kind: str) -> dict:
+    def one(self, kind: str, name: str = "picturebook") -> dict:
+        """The object of this kind; where there are several (the dev overlay's Redis), the one with this name."""
         found = self.all(kind)
+        if len(found) > 1:
+            found = [o for o in found if o["metadata"]["name"] == name]
         assert len(found) == 1, f"{self.name}: expected one {kind}, found {len(found)}"
         return found[0]
 
@@ -156,7 +159,10 @@ def probe_budget(probe: dict) -> int:
 
 def test_renders_the_expected_objects_and_no_secret(rendered):
     kinds = sorted(o["kind"] for o in rendered.objects)
-    assert kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
+    redis = ["Deployment", "Service"] if rendered.name == "dev" else []  # the dev overlay's own Redis
+    assert kinds == sorted(
+        ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service", *redis]
+    )
     assert rendered.one("HorizontalPodAutoscaler")["apiVersion"] == "autoscaling/v2"
     assert rendered.one("PodDisruptionBudget")["apiVersion"] == "policy/v1"
 
@@ -246,6 +252,30 @@ def test_api_key_comes_from_an_optional_secret(rendered):
     assert ref["optional"] is True, "the pod must start without the Secret (the key is optional)"
     assert ref["name"] and ref["key"]
     assert rendered.all("Secret") == []
+
+
+def test_the_base_takes_the_redis_url_from_a_required_secret(base):
+    """Books are shared through Redis (issue 24): a pod without the Secret does not start (rather than keep books of
+    its own, lost at its restart and unseen by the other replicas)."""
+    [entry] = [e for e in base.container["env"] if e["name"] == "PICTUREBOOK_REDIS_URL"]
+    ref = entry["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "picturebook-redis" and ref["key"] == "url" and not ref.get("optional", False)
+    assert "PICTUREBOOK_REDIS_URL" in environment_knobs() and "PICTUREBOOK_REDIS_URL" not in base.config
+
+
+def test_the_dev_overlay_runs_one_redis_the_pods_reach_and_nothing_else_selects(dev):
+    redis = dev.one("Deployment", "picturebook-redis")
+    assert redis["spec"]["replicas"] == 1
+    redis_pod = redis["spec"]["template"]["metadata"]["labels"]
+    service = dev.one("Service", "picturebook-redis")
+    assert selects({"matchLabels": service["spec"]["selector"]}, redis_pod)
+    [entry] = [e for e in dev.container["env"] if e["name"] == "PICTUREBOOK_REDIS_URL"]
+    port = service["spec"]["ports"][0]["port"]
+    assert entry == {"name": "PICTUREBOOK_REDIS_URL", "value": f"redis://picturebook-redis:{port}/0"}
+    # The picturebook Service and PodDisruptionBudget must not take the Redis pod for a picturebook replica.
+    assert not selects({"matchLabels": dev.one("Service")["spec"]["selector"]}, redis_pod)
+    assert not selects(dev.one("PodDisruptionBudget")["spec"]["selector"], redis_pod)
+    assert dev.all("Secret") == []
 
 
 def test_service_links_cannot_override_the_port_setting(rendered):

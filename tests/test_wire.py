@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from types import SimpleNamespace
+import time
 
 import pytest
 from pydantic import BaseModel, ValidationError
 
 import serving.images
-from serving.book_gate import check_book
-from serving.books import BookJobs, BookRequest, DrawnPage
+from serving.book_store import MemoryStore, Record
+from serving.books import BookRequest, DrawnPage, check_book, draw_book, fixed_seeds, stored_job
 from serving.content_safety import PromptGate
 from serving.drawing import PageDrawer
 from serving.images import decode_image, own_page_as_prev_frame
@@ -83,14 +83,16 @@ def test_a_book_decodes_each_of_its_pictures_once(generator, untrusted_decodes):
         "steps": 1,
     }
     book, pictures = check_book(json.dumps(body).encode(), settings.image_limits)  # what BookGate does at submit
-    jobs = BookJobs(max_running=1)
-    jobs.reserve()
-    jobs.start("task-1", pages, pictures)
-    # BentoML's context of the task, as much of it as the job reads.
-    ctx = SimpleNamespace(request=SimpleNamespace(state=SimpleNamespace(task_id="task-1")), response=SimpleNamespace())
-    result = asyncio.run(jobs.run(book, drawer, ctx))
-    assert result.status == "completed" and len(result.pages) == pages, result.failure
-    assert ctx.response.status_code == 200
+    store = MemoryStore(capacity=1, retention_s=60)  # the embedded store; the job reads what submit stored
+    record = Record(status="queued", done=0, total=pages, created=time.time(), info={})
+
+    async def draw():
+        assert await store.reserve("book-1", record, stored_job(fixed_seeds(book), pictures))
+        await draw_book(store, "book-1", drawer, "here")
+        return await store.record("book-1")
+
+    drawn = asyncio.run(draw())
+    assert drawn.status == "completed" and drawn.done == pages, drawn.failure
     assert sorted(untrusted_decodes) == ["characters[0]", "characters[1]", "first_frame"]
 
 

@@ -1,0 +1,380 @@
+"""Books as jobs on Redis, against real servers: two `bentoml serve` replicas sharing one Debian `redis-server`
+(started here on a loopback port, nothing saved), and the embedded default with one replica. The routes of
+`/books`, a book read on another replica than the one that took it, a replica SIGKILLed mid-book and the other
+finishing it with the same pages, restarts, cancel, the per-replica limit, and Redis stopped."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+from pypdf import PdfReader
+
+from testkit.pictures import picture, png_b64, psnr
+from testkit.server import bentoml_serve, free_port, metric
+
+HEARTBEAT_S = 2
+TINY = {"width": 64, "height": 64, "steps": 2}
+CLUSTER_ENV = {
+    "PICTUREBOOK_MAX_BOOKS": "1",
+    "PICTUREBOOK_BOOK_HEARTBEAT_S": str(HEARTBEAT_S),
+    "PICTUREBOOK_BOOK_STORE_RETRY_S": "5",
+}
+
+
+def book(pages: int = 6, title: str = "Six pages", **change) -> dict:
+    body = {
+        "title": title,
+        "characters": [png_b64(picture(2, (64, 64)))],
+        "pages": [{"text": f"The fox, page {i}.", "seed": 10 + i} for i in range(pages)],
+        **TINY,
+    }
+    return {**body, **change}
+
+
+def from_png(data: bytes):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data), formats=("PNG",)).convert("RGB")
+
+
+class Replica:
+    """One `bentoml serve`, started and stopped at will; `kill()` SIGKILLs every process of it, as a lost node."""
+
+    def __init__(self, name: str, folder, bentoml_home, **env: str):
+        self.name, self.folder, self.home, self.env = name, folder, bentoml_home, env
+        self.process = None
+        self._serving = None
+        self.starts = 0
+
+    def start(self) -> Replica:
+        """Serve (again), on a port of its own: a restarted pod is a new address too."""
+
+        def seen(process):
+            self.process = process
+
+        self.starts += 1
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        log = self.folder / f"{self.name}-{self.starts}.log"
+        self._serving = bentoml_serve(log, self.home, port, seen, **self.env)
+        try:
+            self._serving.__enter__()
+        except (RuntimeError, TimeoutError) as error:  # the log may be gone with its temporary folder later
+            raise RuntimeError(f"{error}\n{log.read_text(errors='replace')[-3000:]}") from None
+        return self
+
+    def runs(self, replica: str) -> bool:
+        """Whether a book's `replica` ("host:pid") is a process of this server."""
+        pid = int(replica.rsplit(":", 1)[1])
+        return any(p.pid == pid for p in psutil.Process(self.process.pid).children(recursive=True))
+
+    def kill(self) -> float:
+        """SIGKILL the whole tree (BentoML's workers run in process groups of their own); when it was sent."""
+        tree = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
+        killed_at = time.monotonic()
+        for process in tree:
+            try:
+                os.kill(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(30)
+        self.stop()
+        return killed_at
+
+    def stop(self) -> None:
+        if self._serving is not None:
+            serving, self._serving = self._serving, None
+            serving.__exit__(None, None, None)
+
+
+def start_all(replicas: list[Replica]) -> None:
+    with ThreadPoolExecutor(len(replicas)) as pool:
+        list(pool.map(Replica.start, replicas))
+
+
+def submit(url: str, body: dict) -> requests.Response:
+    return requests.post(f"{url}/books", json=body, timeout=120)  # moderation may wait behind pages (test_books.py)
+
+
+def status(url: str, book_id: str) -> dict:
+    answer = requests.get(f"{url}/books/{book_id}", timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def wait_until(url: str, book_id: str, done, timeout_s: float = 300) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = status(url, book_id)
+        if done(state):
+            return state
+        time.sleep(0.05)
+    raise TimeoutError(f"book {book_id}: {state}")
+
+
+def finished(state: dict) -> bool:
+    return state["status"] in ("completed", "failed", "canceled")
+
+
+def events(url: str, book_id: str, last_event_id: str | None = None) -> list[tuple[int, str, dict]]:
+    """Every event of the stream until its end: (id, kind, data)."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    seen, fields = [], {}
+    with requests.get(f"{url}/books/{book_id}/events", headers=headers, stream=True, timeout=120) as answer:
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+        for line in answer.iter_lines(decode_unicode=True):
+            if line == "" and fields:
+                seen.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
+                fields = {}
+            elif line and not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+    return seen
+
+
+def check_the_routes(submit_on: str, read_on: str) -> tuple[str, list[bytes]]:
+    """A 6-page book submitted on one replica, read on another (or the same): every route; its pages' PNGs."""
+    answer = submit(submit_on, book())
+    assert answer.status_code == 202, answer.text
+    book_id, url = answer.json()["id"], answer.json()["url"]
+    assert url == f"/books/{book_id}" and answer.headers["location"] == url
+    stream = events(read_on, book_id)
+    assert [e[0] for e in stream] == list(range(1, 8)), "every event, in order, none twice"
+    assert [e[1] for e in stream] == ["page"] * 6 + ["end"]
+    assert [e[2]["index"] for e in stream[:6]] == list(range(6))
+    assert stream[-1][2]["status"] == "completed" and stream[-1][2]["pages_done"] == 6
+    state = status(read_on, book_id)
+    assert state["status"] == "completed" and state["pages_done"] == state["pages_total"] == 6
+    assert state["seeds"] == [10 + i for i in range(6)] and state["failure"] is None
+    assert "img" not in json.dumps(state)  # no pictures in the status
+    later = requests.get(f"{read_on}/books/{book_id}/pages", params={"since": 4}, timeout=30).json()
+    assert [p["index"] for p in later["pages"]] == [4, 5] and later["pages_done"] == 6
+    pngs = []
+    for index in range(6):
+        page = requests.get(f"{read_on}/books/{book_id}/pages/{index}.png", timeout=30)
+        assert page.status_code == 200 and page.headers["content-type"] == "image/png"
+        assert from_png(page.content).size == (64, 64)
+        pngs.append(page.content)
+    assert stream[0][2]["url"] == f"/books/{book_id}/pages/0.png"
+    pdf = requests.get(f"{read_on}/books/{book_id}/pdf", timeout=60)
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    reader = PdfReader(io.BytesIO(pdf.content))
+    assert len(reader.pages) == 7 and "Six pages" in reader.pages[0].extract_text()
+    resumed = events(read_on, book_id, last_event_id="4")
+    assert [e[0] for e in resumed] == [5, 6, 7], "Last-Event-ID resumes after the last event seen"
+    assert requests.get(f"{read_on}/books/nope", timeout=10).status_code == 404
+    assert requests.get(f"{read_on}/books/nope/events", timeout=10).status_code == 404
+    assert requests.get(f"{read_on}/books/{book_id}/pages/9.png", timeout=10).status_code == 404
+    bad = requests.get(f"{read_on}/books/{book_id}/pages", params={"since": "two"}, timeout=10)
+    assert bad.status_code == 400 and bad.json()["detail"][0]["loc"] == ["since"]
+    refused = submit(submit_on, book(pages=2, steps=0))
+    assert refused.status_code == 400 and refused.json()["detail"][0]["field"] == "steps"
+    return book_id, pngs
+
+
+# -- the embedded default: one replica, no Redis --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory, bentoml_home):
+    replica = Replica("embedded", tmp_path_factory.mktemp("embedded"), bentoml_home, PICTUREBOOK_MAX_BOOKS="1")
+    yield replica.start()
+    replica.stop()
+
+
+def test_the_embedded_default_answers_the_same_routes(embedded):
+    check_the_routes(embedded.url, embedded.url)
+    ready = requests.get(f"{embedded.url}/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.headers["x-picturebook-books"] == "embedded (one replica)"
+
+
+def test_the_embedded_default_cancels_and_holds_its_limit(embedded):
+    slow = book(title="slow", steps=12)
+    first = submit(embedded.url, slow)
+    assert first.status_code == 202, first.text
+    book_id = first.json()["id"]
+    full = submit(embedded.url, book(pages=1))
+    assert full.status_code == 429 and int(full.headers["retry-after"]) > 0
+    wait_until(embedded.url, book_id, lambda s: s["pages_done"] >= 1)
+    canceled = requests.delete(f"{embedded.url}/books/{book_id}", timeout=30)
+    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+    assert submit(embedded.url, book(pages=1)).status_code == 202  # the slot came back
+
+
+def test_the_readme_books_commands_run_as_written(embedded, tmp_path):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    script = re.search(r"```bash\n(.+?)\n```", readme.split("#### `/books`", 1)[1], re.S).group(1)
+    assert "localhost:8000/books" in script
+    script = script.replace("localhost:8000", embedded.url.removeprefix("http://"))
+    run = subprocess.run(["bash", "-ec", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("event: page") == 2 and "event: end" in run.stdout
+    assert run.stdout.strip().endswith("completed"), run.stdout
+    assert from_png((tmp_path / "page0.png").read_bytes()).size == (256, 256)
+    assert len(PdfReader(tmp_path / "book.pdf").pages) == 3
+
+
+# -- two replicas on one Redis --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, bentoml_home, redis_server):
+    folder = tmp_path_factory.mktemp("cluster")
+    env = {**CLUSTER_ENV, "PICTUREBOOK_REDIS_URL": redis_server.url}
+    replicas = [Replica(name, folder, bentoml_home, **env) for name in ("a", "b")]
+    start_all(replicas)
+    yield replicas
+    for replica in replicas:
+        replica.stop()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster):
+    """The 6-page book submitted on A and read on B: (id, its pages)."""
+    a, b = cluster
+    return check_the_routes(a.url, b.url)
+
+
+def test_a_book_submitted_on_one_replica_is_read_on_the_other(uninterrupted, cluster):
+    ready = requests.get(f"{cluster[1].url}/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.headers["x-picturebook-books"] == "redis"
+
+
+def drawing_replica(cluster: list[Replica], state: dict) -> Replica:
+    [replica] = [r for r in cluster if r.runs(state["replica"])]
+    return replica
+
+
+def test_a_replica_killed_mid_book_and_the_other_finishes_it_with_the_same_pages(uninterrupted, cluster):
+    _, reference = uninterrupted
+    answer = submit(cluster[0].url, book())
+    assert answer.status_code == 202, answer.text
+    book_id = answer.json()["id"]
+    state = wait_until(cluster[0].url, book_id, lambda s: s["pages_done"] >= 2)
+    victim = drawing_replica(cluster, state)
+    survivor = next(r for r in cluster if r is not victim)
+    done_at_kill = status(survivor.url, book_id)["pages_done"]
+    killed_at = victim.kill()
+    after = wait_until(survivor.url, book_id, lambda s: s["pages_done"] > done_at_kill or finished(s))
+    next_page_s = time.monotonic() - killed_at
+    final = wait_until(survivor.url, book_id, finished)
+    total_s = time.monotonic() - killed_at
+    print(
+        f"\nresume: SIGKILL at page {done_at_kill}/6 -> the other replica's next page after {next_page_s:.1f} s, "
+        f"the book finished {total_s:.1f} s after the kill (heartbeat {HEARTBEAT_S} s)"
+    )
+    assert after["pages_done"] > done_at_kill and final["status"] == "completed", final
+    assert survivor.runs(final["replica"])
+    pages = requests.get(f"{survivor.url}/books/{book_id}/pages", timeout=30).json()["pages"]
+    assert [p["index"] for p in pages] == list(range(6)), "each page once, in order"
+    assert {p["replica"] for p in pages[done_at_kill:]} == {final["replica"]}
+    for index in range(6):
+        png = requests.get(f"{survivor.url}/books/{book_id}/pages/{index}.png", timeout=30).content
+        assert psnr(from_png(png), from_png(reference[index])) >= 60, index
+    victim.start()
+
+
+def test_cancel_stops_the_drawing(cluster):
+    a, b = cluster
+    answer = submit(a.url, book(title="canceled", steps=12))
+    assert answer.status_code == 202, answer.text
+    book_id = answer.json()["id"]
+    state = wait_until(b.url, book_id, lambda s: s["pages_done"] >= 1)
+    drawer = drawing_replica(cluster, state)
+    canceled = requests.delete(f"{b.url}/books/{book_id}", timeout=30)
+    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+    pages_at_cancel = canceled.json()["pages_done"]
+    drawn = metric(drawer.url, "bentoml_service_adaptive_batch_size_sum", method_name="draw")
+    time.sleep(3 * HEARTBEAT_S)
+    assert metric(drawer.url, "bentoml_service_adaptive_batch_size_sum", method_name="draw") == drawn
+    after = status(a.url, book_id)
+    assert after["status"] == "canceled" and after["pages_done"] == pages_at_cancel
+    assert requests.delete(f"{a.url}/books/nope", timeout=10).status_code == 404
+
+
+def test_each_replica_draws_at_most_max_books(cluster):
+    a, b = cluster
+    answers = [submit(a.url, book(title=f"limit {n}", steps=6)) for n in range(2)]
+    assert [r.status_code for r in answers] == [202, 202], [r.text for r in answers]
+    refused = submit(b.url, book(pages=1))
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+    ids = [r.json()["id"] for r in answers]
+    both = [wait_until(a.url, i, lambda s: s["status"] == "drawing" and s["pages_done"] >= 1) for i in ids]
+    assert len({s["replica"] for s in both}) == 2, "one book on each replica (PICTUREBOOK_MAX_BOOKS=1)"
+    for book_id in ids:
+        assert wait_until(b.url, book_id, finished)["status"] == "completed"
+
+
+def test_a_finished_book_and_its_pdf_outlive_a_restart_of_every_replica(uninterrupted, cluster):
+    book_id, _ = uninterrupted
+    for replica in cluster:
+        replica.stop()
+    start_all(cluster)
+    for replica in cluster:
+        state = status(replica.url, book_id)
+        assert state["status"] == "completed" and state["pages_done"] == 6
+        pdf = requests.get(f"{replica.url}/books/{book_id}/pdf", timeout=60)
+        assert pdf.status_code == 200 and len(PdfReader(io.BytesIO(pdf.content)).pages) == 7
+    old = requests.get(f"{cluster[0].url}/book/get", params={"task_id": book_id}, timeout=60)
+    assert old.status_code == 200 and len(old.json()["pages"]) == 6  # the first routes answer from the store too
+
+
+def test_redis_lost_mid_book_fails_the_book_clearly(cluster, redis_server):
+    """Redis stops taking writes mid-book (`CLIENT PAUSE … WRITE`: writes block, as on a lost connection, and reads
+    still answer), for longer than a page: the job's next checkpoint times out, is retried for
+    PICTUREBOOK_BOOK_STORE_RETRY_S (5 s here), then the book fails with its reason, written once Redis takes writes
+    again."""
+    a, b = cluster
+    answer = submit(a.url, book(title="Redis lost"))
+    assert answer.status_code == 202, answer.text
+    book_id = answer.json()["id"]
+    wait_until(b.url, book_id, lambda s: s["pages_done"] >= 1)
+    redis_server.client().execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+    try:
+        failed = wait_until(b.url, book_id, finished, timeout_s=180)
+    finally:
+        redis_server.client().execute_command("CLIENT", "UNPAUSE")
+    assert failed["status"] == "failed" and failed["pages_done"] < 6, failed
+    assert failed["failure"]["kind"] == "internal" and "unreachable for 5 s" in failed["failure"]["error"]
+
+
+def test_redis_stopped_submit_is_503_and_generate_still_draws(cluster, redis_server):
+    a, _ = cluster
+    redis_server.stop()
+    try:
+        refused = submit(a.url, book(pages=1))
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0, refused.text
+        assert "book store" in refused.json()["error"] and "/generate still works" in refused.json()["error"]
+        old = requests.post(f"{a.url}/book/submit", json=book(pages=1), timeout=120)
+        assert old.status_code == 503, old.text
+        single = requests.post(f"{a.url}/generate", json={"prompt": "still here", "seed": 1, **TINY}, timeout=120)
+        assert single.status_code == 200, single.text
+        ready = requests.get(f"{a.url}/readyz", timeout=10)
+        assert ready.status_code == 200 and ready.headers["x-picturebook-books"].startswith("unavailable")
+    finally:
+        redis_server.start()
+
+
+# -- the benchmark, at its fastest: one round of one-page books ------------------------------------------------------
+
+
+def test_the_books_benchmark_compares_the_embedded_store_and_redis(tmp_path):
+    from bench.books import main
+
+    result = main(["--rounds", "1", "--pages", "1", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "books.json").read_text()) == result
+    for name in ("embedded_alone", "embedded_together", "redis_alone", "redis_together"):
+        assert result[name]["pages_per_s"] > 0, name
+    memory = result["redis_one_finished_book"]
+    assert memory["pages"] == 1 and memory["memory_usage_bytes"] > memory["png_bytes"] > 0
