@@ -142,6 +142,8 @@ def fail_closed_starts(tmp_path_factory, tiny_dir, bentoml_home):
         "moderation": (no_moderation, root / "moderation.log", re.escape(moderation), 120),
     }
     return never_ready_all(starts, bentoml_home)
+
+
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
     """A real `redis-server` (Debian's) on a free loopback port, no persistence, for one test module."""
