@@ -36,6 +36,14 @@ def is_open(scope: Scope) -> bool:
     return path in OPEN_PATHS or path.startswith(("/static_content/", "/studio/")) or path == "/studio"
 
 
+def is_event_stream(scope: Scope) -> bool:
+    """`GET /books/{id}/events`: open for a whole book and drawing nothing (it waits on the book store). Held in an
+    admission slot, one watching client would take the slot for minutes, and the studio, which fetches each page's
+    picture while its stream is open, would be refused its own pictures on a server with one slot."""
+    path = scope.get("path", "")
+    return scope.get("method") == "GET" and path.startswith("/books/") and path.endswith("/events")
+
+
 def replaying(body: bytes, receive: Receive) -> Receive:
     """A `receive` for an app after a guard read the whole body: the body once, then the server's own messages."""
     replayed = False
@@ -126,7 +134,7 @@ class AdmissionLimit:
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_open(scope):
+        if scope["type"] != "http" or is_open(scope) or is_event_stream(scope):
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit:

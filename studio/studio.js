@@ -1,8 +1,13 @@
-// Picture Book Studio: make a book in the browser with the service's own `POST /generate` and `POST /book/pdf`,
-// and characters from words with `POST /character`.
+// Picture Book Studio: make a book in the browser with the service's own routes: a whole book through
+// `POST /books` and its event stream, one page redrawn through `POST /generate`, characters from words through
+// `POST /character`, the PDF from `GET /books/{id}/pdf` (or `POST /book/pdf` once pages were redrawn one by one).
 //
-// Pages are drawn one by one, each request carrying the page before it as `prev_frame`: the server keeps no
-// session, so the studio works the same behind several replicas with no session affinity.
+// The server keeps no session for the studio: a book is a job every replica answers for (its events resume on any
+// replica from the last one seen), and a page redrawn alone carries the page before it as `prev_frame`.
+//
+// The API key travels in the Authorization header, which EventSource cannot send: the event stream is read with
+// fetch() and its ReadableStream instead (the same Server-Sent Events, parsed here), and each page's picture is
+// fetched with the key too.
 "use strict";
 
 const MAX_CAST = 4;
@@ -12,6 +17,8 @@ const KEY_STORAGE = "picturebook.apiKey";
 // Relative to /studio/, so the studio keeps working when the service sits under a path prefix.
 const GENERATE_URL = new URL("../generate", document.baseURI);
 const PDF_URL = new URL("../book/pdf", document.baseURI);
+const BOOKS_URL = new URL("../books", document.baseURI);
+const STREAM_RETRIES = 5; // an event stream that breaks is opened again from its last event this many times
 const CHARACTER_URL = new URL("../character", document.baseURI);
 
 const state = {
@@ -20,10 +27,12 @@ const state = {
   pages: [], // see newPage()
   nextId: 1,
   busy: null, // the AbortController of the drawing or PDF task in progress
+  book: null, // the book being drawn, or the last one: {id, url, title}
   afterKey: null, // what to do again once an API key is given
   note: null, // what the running or last task says, before the count of pages drawn
   portrait: null, // the portrait drawn from a description and not kept yet: {b64, seed, description, name, version}
   drawingPortrait: false,
+  drawingBook: false, // a book's event stream is being read: Stop cancels the book
 };
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -42,6 +51,7 @@ function newPage() {
     usedSeed: null,
     version: 0, // bumped at each drawing, so the next page knows its prev_frame changed
     drawnWith: null, // inputsOf() at the time of drawing
+    drawnIn: null, // {book, text}: the book (id) that drew this picture and the text it was given, or null
     error: "",
     drawing: false,
   };
@@ -119,17 +129,29 @@ function move(list, index, by) {
 
 // ---------------------------------------------------------------- talking to the server
 
-function requestHeaders() {
-  const headers = { "Content-Type": "application/json" };
+function requestHeaders(json = true) {
+  const headers = json ? { "Content-Type": "application/json" } : {};
   const key = sessionStorage.getItem(KEY_STORAGE);
   if (key) headers.Authorization = `Bearer ${key}`;
   return headers;
 }
 
 async function postJson(url, body, signal) {
+  return call(url, { method: "POST", headers: requestHeaders(), body: JSON.stringify(body), signal });
+}
+
+class Refused extends Error {
+  constructor(message, answer) {
+    super(message);
+    this.answer = answer;
+  }
+}
+
+// A request with the key; a refusal becomes NeedKey (401) or a Refused that says why, with the server's answer.
+async function call(url, options) {
   let response;
   try {
-    response = await fetch(url, { method: "POST", headers: requestHeaders(), body: JSON.stringify(body), signal });
+    response = await fetch(url, options);
   } catch (error) {
     if (error.name === "AbortError") throw error;
     throw new Error(`The server could not be reached (${error.message}). Is it still running?`);
@@ -137,7 +159,87 @@ async function postJson(url, body, signal) {
   if (response.ok) return response;
   const answer = await response.json().catch(() => ({}));
   if (response.status === 401) throw new NeedKey(sessionStorage.getItem(KEY_STORAGE) ? "refused" : "missing");
-  throw new Error(describeFailure(response, answer));
+  throw new Refused(describeFailure(response, answer), answer);
+}
+
+// The Server-Sent Events of a book, read with fetch() so that the Authorization header goes with them; a stream
+// that breaks before its end event is opened again with Last-Event-ID, and goes on after the last event seen.
+async function* bookEvents(url, signal) {
+  let lastId = null;
+  for (let broken = 0; ; ) {
+    const headers = requestHeaders(false);
+    if (lastId !== null) headers["Last-Event-ID"] = lastId;
+    let reader;
+    try {
+      reader = (await call(url, { headers, signal })).body.pipeThrough(new TextDecoderStream()).getReader();
+    } catch (error) {
+      if (broken >= STREAM_RETRIES || error instanceof NeedKey || error instanceof Refused) throw error;
+      if (error.name === "AbortError") throw error;
+      broken += 1;
+      await pause(1000 * broken, signal);
+      continue;
+    }
+    let buffer = "";
+    for (;;) {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (error) {
+        if (error.name === "AbortError") throw error;
+        break; // the connection broke: open it again from the last event
+      }
+      if (chunk.done) break;
+      buffer += chunk.value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const event = parseEvent(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+        if (!event) continue; // a comment: the server saying it is still there
+        if (event.id !== null) lastId = event.id;
+        yield event;
+        if (event.type === "end") return;
+      }
+    }
+    if (broken >= STREAM_RETRIES) throw new Error("The book's event stream kept breaking: the server went away.");
+    broken += 1;
+  }
+}
+
+function parseEvent(block) {
+  const event = { id: null, type: "message", data: [] };
+  for (const line of block.split("\n")) {
+    if (line === "" || line.startsWith(":")) continue;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "id") event.id = value;
+    else if (field === "event") event.type = value;
+    else if (field === "data") event.data.push(value);
+  }
+  if (event.data.length === 0) return null;
+  return { ...event, data: JSON.parse(event.data.join("\n")) };
+}
+
+function pause(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      reject(new DOMException("Stopped", "AbortError"));
+    }, { once: true });
+  });
+}
+
+// A picture of the server's, with the key, as base64 PNG (what the studio keeps: a redraw sends it as prev_frame).
+async function fetchPng(url, signal) {
+  const blob = await (await call(url, { headers: requestHeaders(false), signal })).blob();
+  const dataUrl = await new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
+  return dataUrl.slice(dataUrl.indexOf(",") + 1);
 }
 
 function describeFailure(response, answer) {
@@ -191,6 +293,7 @@ function fieldName(location) {
   const names = {
     prompt: "the drawing prompt", seed: "the seed", prev_frame: "the page before", regions: "the characters' places",
     description: "the character's description", name: "the character's name", style: "the drawing style",
+    text: "the page's text", title: "the title", first_frame: "the page before",
   };
   return names[field] || (field ? `the field ${parts.join(".")}` : "the request");
 }
@@ -216,7 +319,7 @@ async function drawPage(index, signal, { newSeed = false } = {}) {
   renderBook();
   try {
     const answer = await (await postJson(GENERATE_URL, body, signal)).json();
-    Object.assign(page, { img: answer.img, usedSeed: answer.seed, drawnWith: inputs });
+    Object.assign(page, { img: answer.img, usedSeed: answer.seed, drawnWith: inputs, drawnIn: null });
     page.version += 1;
     return true;
   } catch (error) {
@@ -231,20 +334,149 @@ async function drawPage(index, signal, { newSeed = false } = {}) {
   }
 }
 
-// Draws, in order from `from`, every page that is not drawn or out of date (redrawing a page puts the next one
-// out of date, so this goes on to the end of the book).
+// Draws, as one book (`POST /books`), every page from the first one at or after `from` that is not drawn or out
+// of date, to the end of the book (redrawing a page puts the next one out of date): the page before it, if any,
+// goes as the book's `first_frame`. Each page is shown as its event arrives.
 async function drawFrom(from, signal) {
-  for (;;) {
-    const index = state.pages.findIndex((_, i) => i >= from && !isUpToDate(i));
-    if (index < 0) break;
-    const total = state.pages.length;
-    setProgressText(`Drawing page ${index + 1} of ${total}…`);
-    if (!(await drawPage(index, signal))) {
-      setProgressText(`Stopped at page ${index + 1} of ${total}: see the message on that page.`);
+  const first = state.pages.findIndex((_, i) => i >= from && !isUpToDate(i));
+  if (first < 0) return setProgressText(null);
+  const run = state.pages.slice(first);
+  const total = state.pages.length;
+  for (const page of run) page.error = "";
+  const empty = run.findIndex((page) => !promptOf(page));
+  if (empty >= 0) {
+    run[empty].error = "Write the text or a drawing prompt for this page first.";
+    setProgressText(`Stopped at page ${first + empty + 1} of ${total}: see the message on that page.`);
+    return;
+  }
+  const sent = run.map((page) => ({ text: page.text.trim() || promptOf(page), seed: chosenSeed(page) }));
+  const body = {
+    title: bookTitle(),
+    characters: state.cast.map((character) => character.b64),
+    pages: run.map((page, i) => {
+      const wanted = { text: sent[i].text };
+      if (page.prompt.trim()) wanted.prompt = page.prompt.trim();
+      if (sent[i].seed !== null) wanted.seed = sent[i].seed;
+      return wanted;
+    }),
+  };
+  if (first > 0) body.first_frame = state.pages[first - 1].img;
+  if (state.cast.length >= 2) body.regions = regionsFor(state.cast.length);
+  const inputs = run.map((page) => ({ prompt: promptOf(page), seed: page.seed.trim(), cast: state.castVersion }));
+  const before = first > 0 ? state.pages[first - 1] : null;
+
+  run[0].drawing = true;
+  setProgressText(`Drawing page ${first + 1} of ${total}…`);
+  renderBook();
+  let book;
+  try {
+    const answer = await (await postJson(BOOKS_URL, body, signal)).json();
+    book = { id: answer.id, url: new URL(`..${answer.url}`, document.baseURI), title: body.title };
+  } catch (error) {
+    run[0].drawing = false;
+    if (error instanceof NeedKey || error.name === "AbortError") {
+      run[0].error = error instanceof NeedKey ? "Waiting for the API key (asked above)." : "";
+      throw error;
+    }
+    const at = showRefusal(error, run);
+    setProgressText(`Stopped at page ${first + at + 1} of ${total}: see the message on that page.`);
+    return;
+  }
+  state.book = book;
+  state.drawingBook = true;
+  renderControls();
+  let index = 0; // the next page of the run to arrive
+  try {
+    for await (const event of bookEvents(`${book.url}/events`, signal)) {
+      if (event.type === "page") {
+        const page = run[event.data.index];
+        const img = await fetchPng(new URL(`..${event.data.url}`, document.baseURI), signal);
+        const prev = event.data.index > 0 ? run[event.data.index - 1] : before;
+        const drawnWith = { ...inputs[event.data.index], prev: prev ? `${prev.id}:${prev.version}` : "" };
+        Object.assign(page, { img, usedSeed: event.data.seed, drawnWith, drawing: false, error: "" });
+        page.drawnIn = { book: book.id, index: first + event.data.index, text: sent[event.data.index].text };
+        page.version += 1;
+        index = event.data.index + 1;
+        if (index < run.length) {
+          run[index].drawing = true;
+          setProgressText(`Drawing page ${first + index + 1} of ${total}…`);
+        }
+        renderBook();
+      } else if (event.type === "end") {
+        if (index < run.length) run[index].drawing = false;
+        const { status, failure } = event.data;
+        if (status === "completed") setProgressText(null);
+        else if (status === "canceled") setProgressText("The book was canceled.");
+        else {
+          const at = failure && failure.index >= 0 ? failure.index : index;
+          const page = run[Math.min(at, run.length - 1)];
+          page.error = failure ? describeKind(failure.kind, failure.error) : "The book failed.";
+          setProgressText(`Stopped at page ${first + at + 1} of ${total}: see the message on that page.`);
+        }
+        return;
+      }
+    }
+  } catch (error) {
+    if (index < run.length) run[index].drawing = false;
+    if (error.name === "AbortError") {
+      cancelBook(book);
+      setProgressText("Canceled.");
       return;
     }
+    if (error instanceof NeedKey) throw error; // asked for, then the book is submitted again
+    run[Math.min(index, run.length - 1)].error = error.message;
+    setProgressText(`Stopped at page ${first + index + 1} of ${total}: see the message on that page.`);
+  } finally {
+    state.drawingBook = false;
+    renderBook();
   }
-  setProgressText(null);
+}
+
+// The Cancel button: the book is deleted on the server (its page being drawn is dropped), not only left unread.
+function cancelBook(book) {
+  fetch(book.url, { method: "DELETE", headers: requestHeaders(false), keepalive: true }).catch(() => {});
+}
+
+// A refused book: each problem beside the page it names (`pages[2].text` is the third page of the run), the rest
+// beside the first page. Returns the run's page that shows it first.
+function showRefusal(error, run) {
+  const answer = error instanceof Refused ? error.answer : {};
+  const placed = new Map();
+  const place = (at, message) => {
+    const index = Number.isInteger(at) && at >= 0 && at < run.length ? at : 0;
+    placed.set(index, placed.has(index) ? `${placed.get(index)} ${message}` : message);
+  };
+  const pageOf = (location) => {
+    const parts = location.filter((part) => part !== "body" && part !== "");
+    return parts[0] === "pages" && parts.length >= 2 ? [Number(parts[1]), parts.slice(2)] : [null, parts];
+  };
+  if (Array.isArray(answer.detail) && answer.detail.some((problem) => problem && problem.msg)) {
+    for (const problem of answer.detail.filter((p) => p && p.msg)) {
+      const [at, rest] = pageOf(problem.loc || []);
+      place(at, `The server refused the request: ${fieldName(rest)}: ${problem.msg}.`);
+    }
+  } else if (answer.kind === "content_refused") {
+    const [at, rest] = pageOf(String(answer.field || "").split(/[.[\]]+/));
+    place(at, `The server refused ${fieldName(rest)}: ${answer.error || "refused"}`);
+  } else place(0, error.message);
+  for (const [index, message] of placed) run[index].error = message;
+  return Math.min(...placed.keys());
+}
+
+// A page that failed while its book was drawn, in the words the studio uses for a refused /generate.
+function describeKind(kind, said) {
+  switch (kind) {
+    case "out_of_memory":
+      return `The server ran out of memory drawing this page. ${said}`;
+    case "timeout":
+      return `Drawing took too long and was stopped (timeout). Try again. ${said}`;
+    case "overloaded":
+      return `The server is busy; try again later. (${said})`;
+    case "content_refused":
+      return `The server refused this page: ${said}`;
+    default:
+      return `The server could not draw this page: ${said}`;
+  }
 }
 
 async function redrawWithNewSeed(index, signal) {
@@ -257,8 +489,11 @@ async function downloadPdf(signal) {
   $("#pdf-message").textContent = "Making the PDF…";
   $("#pdf-message").classList.remove("error");
   const pages = state.pages.map((page) => ({ img: page.img, text: page.text }));
+  const book = bookShown();
   try {
-    const response = await postJson(PDF_URL, { title: bookTitle(), pages }, signal);
+    const response = book
+      ? await call(`${book.url}/pdf`, { headers: requestHeaders(false), signal })
+      : await postJson(PDF_URL, { title: bookTitle(), pages }, signal);
     saveBlob(await response.blob(), `${fileStem(bookTitle())}.pdf`);
     $("#pdf-message").textContent = "PDF downloaded.";
   } catch (error) {
@@ -270,6 +505,19 @@ async function downloadPdf(signal) {
     }
     if (error instanceof NeedKey || error.name === "AbortError") throw error;
   }
+}
+
+// The book on the server whose pages are exactly the ones shown (same order, texts and title), or null: then its
+// PDF is the server's `GET /books/{id}/pdf`; a page redrawn alone or edited since makes the studio send its own
+// pages to `POST /book/pdf` instead.
+function bookShown() {
+  const book = state.book;
+  if (!book || book.title !== bookTitle()) return null;
+  const same = state.pages.every((page, i) => {
+    const drawn = page.drawnIn;
+    return isUpToDate(i) && drawn && drawn.book === book.id && drawn.index === i && drawn.text === page.text;
+  });
+  return same ? book : null;
 }
 
 function fileStem(title) {
@@ -650,6 +898,7 @@ function renderControls() {
   $("#draw").disabled = busy;
   $("#draw").textContent = state.pages.some((page) => page.img) && !allDrawn ? "Draw the rest" : "Draw the book";
   $("#stop").disabled = !busy;
+  $("#stop").textContent = state.drawingBook ? "Cancel the book" : "Stop";
   $("#download-pdf").disabled = busy || !allDrawn;
   $("#forget-key").hidden = !sessionStorage.getItem(KEY_STORAGE);
   renderPortrait();

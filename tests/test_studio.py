@@ -25,6 +25,7 @@ from testkit.pictures import picture, png_from_b64
 from testkit.server import REPO, bentoml_serve, free_port
 
 API_KEY = "studio-key-0123456789"
+KEY_HEADER = {"Authorization": f"Bearer {API_KEY}"}
 OOM_MARKER = "GIGANTIC"  # a prompt with it fails as out of memory (test-only fault injection)
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -85,6 +86,27 @@ def generate_bodies(page: Page) -> list[dict]:
     return bodies
 
 
+def book_bodies(page: Page) -> list[dict]:
+    """The body of every `POST /books` the page sends from now on and the server takes (202)."""
+    bodies = []
+    taken = lambda r: r.url.endswith("/books") and r.status == 202  # noqa: E731
+    page.on("response", lambda r: taken(r) and bodies.append(r.request.post_data_json))
+    return bodies
+
+
+def pictures_fetched(page: Page) -> list[str]:
+    """The path of every book page picture the page fetches from now on, in the order it got them."""
+    paths = []
+    page.on("response", lambda r: "/pages/" in r.url and r.ok and paths.append(urlparse(r.url).path))
+    return paths
+
+
+def book_png(url: str, book_id: str, index: int) -> str:
+    answer = requests.get(f"{url}/books/{book_id}/pages/{index}.png", headers=KEY_HEADER, timeout=30)
+    answer.raise_for_status()
+    return base64.b64encode(answer.content).decode()
+
+
 def write_pages(page: Page, texts: list[str]) -> None:
     editors = page.locator("#page-list > li")
     for index, text in enumerate(texts):
@@ -123,9 +145,11 @@ def test_static_files_are_open_and_self_contained(served):
     assert "swagger" in requests.get(f"{served}/", timeout=10).text.lower()  # / is still the API docs
 
 
-def test_make_a_book_redraw_a_page_and_download_it(studio: Page, tmp_path):
+def test_make_a_book_redraw_a_page_and_download_it(studio: Page, served, tmp_path):
     page = studio
     bodies = generate_bodies(page)
+    books = book_bodies(page)
+    fetched = pictures_fetched(page)
     for seed in (11, 12):
         picture(seed, (96, 96)).save(tmp_path / f"character{seed}.png")
     page.get_by_label("Title").fill("The Fox and the Kite")
@@ -149,36 +173,50 @@ def test_make_a_book_redraw_a_page_and_download_it(studio: Page, tmp_path):
     draw.focus()
     page.keyboard.press("Enter")
     give_key_when_asked(page)  # this server requires a key: asked once, then the drawing goes on
+    expect(cards.nth(0).locator("img.picture")).to_be_visible()  # shown as its event arrives
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "studio-book-drawing.png", full_page=True)  # likely mid-book (not asserted)
     expect(page.locator("#progress-text")).to_have_text("3 of 3 pages drawn.")
     for card in cards.all():
         assert shown_png(card).size == (256, 256)
     assert [card.bounding_box()["height"] for card in cards.all()] == sizes_before  # no layout jump
     expect(cards.nth(0).locator(".card-seed")).to_have_text("· seed 42")
 
-    # What the page sent: the pages in order, each continuing the one before, the cast left to right.
-    assert [b["prompt"] for b in bodies] == TEXTS
-    assert "prev_frame" not in bodies[0] and bodies[0]["seed"] == 42
-    assert bodies[1]["prev_frame"] == shown_png_b64(cards.nth(0))
-    assert bodies[2]["prev_frame"] == shown_png_b64(cards.nth(1))
-    for body in bodies:
-        assert body["regions"] == [[0, 0, 0.5, 1], [0.5, 0, 1, 1]]
-        sent = [pixels(Image.open(io.BytesIO(base64.b64decode(c)))) for c in body["characters"]]
-        assert np.array_equal(sent[0], pixels(picture(12, (96, 96))))  # Bear, moved to the left
-        assert np.array_equal(sent[1], pixels(picture(11, (96, 96))))
+    # What the page sent: one book, its pages in order, the cast left to right; nothing through /generate.
+    assert bodies == [] and len(books) == 1
+    [book] = books
+    assert book["title"] == "The Fox and the Kite" and "first_frame" not in book
+    assert [p["text"] for p in book["pages"]] == TEXTS
+    assert book["pages"][0]["seed"] == 42 and all("seed" not in p for p in book["pages"][1:])
+    assert book["regions"] == [[0, 0, 0.5, 1], [0.5, 0, 1, 1]]
+    sent = [pixels(Image.open(io.BytesIO(base64.b64decode(c)))) for c in book["characters"]]
+    assert len(sent) == 2
+    assert np.array_equal(sent[0], pixels(picture(12, (96, 96))))  # Bear, moved to the left
+    assert np.array_equal(sent[1], pixels(picture(11, (96, 96))))
+    # What it showed: the book's pages, fetched in order, each the server's picture of that page.
+    book_id = fetched[0].split("/")[2]
+    assert fetched == [f"/books/{book_id}/pages/{k}.png" for k in range(3)]
+    assert [shown_png_b64(card) for card in cards.all()] == [book_png(served, book_id, k) for k in range(3)]
+    status = requests.get(f"{served}/books/{book_id}", headers=KEY_HEADER, timeout=10).json()
+    assert status["status"] == "completed" and status["seeds"][0] == 42
+    for card, seed in zip(cards.all(), status["seeds"]):
+        expect(card.locator(".card-seed")).to_have_text(f"· seed {seed}")
 
     # Redraw page 2 alone with a new seed: page 3 is then out of date, and redrawn from there.
     before = [shown_png_b64(card) for card in cards.all()]
     old_seed = cards.nth(1).locator(".card-seed").inner_text()
     cards.nth(1).get_by_role("button", name="New seed for page 2").click()
     expect(page.locator("#progress-text")).to_have_text("2 of 3 pages drawn (1 out of date).")
-    assert len(bodies) == 4 and bodies[3]["seed"] != int(old_seed.split()[-1])
-    assert bodies[3]["prev_frame"] == before[0]
+    assert len(bodies) == 1 and bodies[0]["seed"] != int(old_seed.split()[-1])  # one page: a /generate call
+    assert bodies[0]["prev_frame"] == before[0] and bodies[0]["prompt"] == TEXTS[1]
     after = [shown_png_b64(card) for card in cards.all()]
     assert after[0] == before[0] and after[1] != before[1] and after[2] == before[2]
     expect(cards.nth(2).locator(".card-stale")).to_have_text("Out of date: the page before it changed.")
     cards.nth(2).get_by_role("button", name="Redraw from here (page 3 to the end)").click()
     expect(page.locator("#progress-text")).to_have_text("3 of 3 pages drawn.")
-    assert len(bodies) == 5 and bodies[4]["prev_frame"] == after[1]
+    # "Redraw from here": a book of the pages from there, continuing from the page before it.
+    assert len(bodies) == 1 and len(books) == 2
+    assert books[1]["first_frame"] == after[1] and [p["text"] for p in books[1]["pages"]] == TEXTS[2:]
     assert shown_png_b64(cards.nth(2)) != before[2]
     expect(cards.nth(2).locator(".card-stale")).to_be_hidden()
 
@@ -248,16 +286,19 @@ def test_describe_a_character_draw_try_another_keep_and_draw_the_book(studio: Pa
     expect(cast.nth(0).get_by_role("img")).to_have_attribute("alt", "Picture of Pip")
     expect(cast.nth(0).locator(".place")).to_have_text("Left")
 
+    books = book_bodies(page)
     write_pages(page, TEXTS[:2])
     page.get_by_role("button", name="Draw the book").click()
     expect(page.locator("#progress-text")).to_have_text("2 of 2 pages drawn.", timeout=300_000)
     kept = pixels(png_from_b64(another[1]["img"]))
-    assert len(bodies) == 2
-    for body in bodies:
-        assert body["regions"] == [[0, 0, 0.5, 1], [0.5, 0, 1, 1]]
-        sent = [pixels(png_from_b64(c)) for c in body["characters"]]
-        assert np.array_equal(sent[0], kept)  # Pip, the kept portrait, on the left
-        assert np.array_equal(sent[1], pixels(picture(11, (96, 96))))
+    assert bodies == [] and len(books) == 1
+    [book] = books
+    assert book["regions"] == [[0, 0, 0.5, 1], [0.5, 0, 1, 1]]
+    assert [p["text"] for p in book["pages"]] == TEXTS[:2]
+    sent = [pixels(png_from_b64(c)) for c in book["characters"]]
+    assert len(sent) == 2
+    assert np.array_equal(sent[0], kept)  # Pip, the kept portrait, on the left
+    assert np.array_equal(sent[1], pixels(picture(11, (96, 96))))
 
     assert_every_control_is_labelled(page)
     page.screenshot(path=ARTIFACTS / "studio-character.png", full_page=True)
@@ -285,15 +326,23 @@ def assert_every_control_is_labelled(page: Page) -> None:
     assert unlabelled == []
 
 
-def test_book_downloads_as_pdf_with_its_pages(studio: Page):
+def test_book_downloads_as_pdf_with_its_pages(studio: Page, served):
     page = studio
     pdf_requests = []
-    page.on("request", lambda r: r.url.endswith("/book/pdf") and pdf_requests.append(r.post_data_json))
+    page.on("request", lambda r: r.url.endswith(("/book/pdf", "/pdf")) and pdf_requests.append(r))
+    fetched = pictures_fetched(page)
+    page.set_viewport_size({"width": 375, "height": 812})  # drawn on a phone
     page.get_by_label("Title").fill("Three Small Pages")
     write_pages(page, TEXTS)
     page.get_by_role("button", name="Draw the book").click()
     give_key_when_asked(page)
+    cards = page.locator("#book > li")
+    expect(cards.nth(0).locator("img.picture")).to_be_visible()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "studio-book-drawing-phone.png", full_page=True)  # likely mid-book
     expect(page.locator("#progress-text")).to_have_text("3 of 3 pages drawn.")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     message = page.locator("#pdf-message")
     with page.expect_download() as download:
@@ -304,10 +353,45 @@ def test_book_downloads_as_pdf_with_its_pages(studio: Page):
     reader = PdfReader(download.value.path())
     assert len(reader.pages) == 1 + 3  # the cover, then the pages
     assert all(text in reader.pages[i + 1].extract_text() for i, text in enumerate(TEXTS))
+    # The PDF is the server's own book: the pages shown are exactly its pages.
     [sent] = pdf_requests
-    assert sent["title"] == "Three Small Pages" and [p["text"] for p in sent["pages"]] == TEXTS
-    cards = page.locator("#book > li")
-    assert [p["img"] for p in sent["pages"]] == [shown_png_b64(card) for card in cards.all()]
+    book_id = fetched[0].split("/")[2]
+    assert sent.method == "GET" and urlparse(sent.url).path == f"/books/{book_id}/pdf"
+    assert [shown_png_b64(card) for card in cards.all()] == [book_png(served, book_id, k) for k in range(3)]
+
+    # One page redrawn alone: the PDF is then made from the pages shown (`POST /book/pdf`).
+    cards.nth(2).get_by_role("button", name="New seed for page 3").click()
+    expect(page.locator("#progress-text")).to_have_text("3 of 3 pages drawn.")
+    expect(page.get_by_role("button", name="Download PDF")).to_be_enabled()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download PDF").click()
+    assert len(pdf_requests) == 2 and pdf_requests[1].url.endswith("/book/pdf")
+    own = pdf_requests[1].post_data_json
+    assert own["title"] == "Three Small Pages" and [p["text"] for p in own["pages"]] == TEXTS
+    assert [p["img"] for p in own["pages"]] == [shown_png_b64(card) for card in cards.all()]
+    assert len(PdfReader(download.value.path()).pages) == 1 + 3
+
+
+def test_cancel_deletes_the_book(studio: Page, served):
+    page = studio
+    deleted = []
+    page.on("request", lambda r: r.method == "DELETE" and deleted.append(urlparse(r.url).path))
+    write_pages(page, TEXTS + ["The end."])
+    with page.expect_response(lambda r: r.url.endswith("/books") and r.status == 202) as submitted:
+        page.get_by_role("button", name="Draw the book").click()
+        give_key_when_asked(page)
+    book_id = submitted.value.json()["id"]
+    cancel = page.get_by_role("button", name="Cancel the book")
+    cancel.click()  # four pages: on this machine the book is far from done this soon after its 202
+    expect(page.locator("#progress-text")).to_contain_text("Canceled.")
+    expect(page.get_by_role("button", name="Stop")).to_be_disabled()
+    assert deleted == [f"/books/{book_id}"]
+    for _ in range(100):  # the DELETE is sent as the studio lets go of the stream: until the server has it
+        status = requests.get(f"{served}/books/{book_id}", headers=KEY_HEADER, timeout=10).json()
+        if status["status"] in ("canceled", "completed", "failed"):
+            break
+        time.sleep(0.1)
+    assert status["status"] == "canceled" and status["pages_done"] < 4
 
 
 def test_api_key_is_asked_once_and_kept_only_in_the_tab(studio: Page):
