@@ -441,8 +441,10 @@ def test_refusals_and_failures_are_shown_next_to_their_page(studio: Page, served
     # A refused text: the content filter's words, next to the page (nothing is drawn for it).
     editors.nth(1).get_by_label("Text the reader reads").fill("A n.u.d.e giant in the castle.")
     page.get_by_role("button", name="Draw from here (page 2 to the end)").click()
-    expect(cards.nth(1).locator(".card-error")).to_contain_text("The server refused")
+    # (The book sent holds page 2 alone, as its `pages[0]`: the studio names it back as page 2's text.)
+    expect(cards.nth(1).locator(".card-error")).to_contain_text("The server refused the page's text")
     expect(cards.nth(1).locator(".card-error")).to_contain_text("refused by the content filter")
+    expect(cards.nth(0).locator(".card-error")).to_be_hidden()
 
     # An overloaded server: its one admission slot is held by a slow page.
     editors.nth(1).get_by_label("Text the reader reads").fill("A small castle in the clouds.")
