@@ -54,6 +54,7 @@ function newPage() {
     drawnIn: null, // {book, text}: the book (id) that drew this picture and the text it was given, or null
     error: "",
     drawing: false,
+    waiting: false, // in the book being drawn, after the page being drawn
   };
 }
 
@@ -141,9 +142,11 @@ async function postJson(url, body, signal) {
 }
 
 class Refused extends Error {
-  constructor(message, answer) {
+  constructor(message, answer, response) {
     super(message);
     this.answer = answer;
+    this.status = response.status;
+    this.retryAfter = response.headers.get("Retry-After");
   }
 }
 
@@ -159,7 +162,7 @@ async function call(url, options) {
   if (response.ok) return response;
   const answer = await response.json().catch(() => ({}));
   if (response.status === 401) throw new NeedKey(sessionStorage.getItem(KEY_STORAGE) ? "refused" : "missing");
-  throw new Refused(describeFailure(response, answer), answer);
+  throw new Refused(describeFailure(response, answer), answer, response);
 }
 
 // The Server-Sent Events of a book, read with fetch() so that the Authorization header goes with them; a stream
@@ -231,8 +234,21 @@ function pause(ms, signal) {
 }
 
 // A picture of the server's, with the key, as base64 PNG (what the studio keeps: a redraw sends it as prev_frame).
+// A busy server (429, 503) is asked again after its Retry-After, a few times: the page is drawn and kept there.
 async function fetchPng(url, signal) {
-  const blob = await (await call(url, { headers: requestHeaders(false), signal })).blob();
+  let response;
+  for (let tries = 1; ; tries += 1) {
+    try {
+      response = await call(url, { headers: requestHeaders(false), signal });
+      break;
+    } catch (error) {
+      const busy = error instanceof Refused && (error.status === 429 || error.status === 503);
+      if (!busy || tries >= STREAM_RETRIES) throw error;
+      const wait = /^\d+$/.test(error.retryAfter || "") ? Number(error.retryAfter) : 1;
+      await pause(1000 * Math.min(wait, 10), signal);
+    }
+  }
+  const blob = await response.blob();
   const dataUrl = await new Promise((resolve, reject) => {
     const reader = new FileReader();
     reader.onload = () => resolve(reader.result);
@@ -366,6 +382,7 @@ async function drawFrom(from, signal) {
   const before = first > 0 ? state.pages[first - 1] : null;
 
   run[0].drawing = true;
+  for (const page of run.slice(1)) page.waiting = true;
   setProgressText(`Drawing page ${first + 1} of ${total}…`);
   renderBook();
   let book;
@@ -374,6 +391,7 @@ async function drawFrom(from, signal) {
     book = { id: answer.id, url: new URL(`..${answer.url}`, document.baseURI), title: body.title };
   } catch (error) {
     run[0].drawing = false;
+    for (const page of run) page.waiting = false;
     if (error instanceof NeedKey || error.name === "AbortError") {
       run[0].error = error instanceof NeedKey ? "Waiting for the API key (asked above)." : "";
       throw error;
@@ -393,12 +411,12 @@ async function drawFrom(from, signal) {
         const img = await fetchPng(new URL(`..${event.data.url}`, document.baseURI), signal);
         const prev = event.data.index > 0 ? run[event.data.index - 1] : before;
         const drawnWith = { ...inputs[event.data.index], prev: prev ? `${prev.id}:${prev.version}` : "" };
-        Object.assign(page, { img, usedSeed: event.data.seed, drawnWith, drawing: false, error: "" });
+        Object.assign(page, { img, usedSeed: event.data.seed, drawnWith, drawing: false, waiting: false, error: "" });
         page.drawnIn = { book: book.id, index: first + event.data.index, text: sent[event.data.index].text };
         page.version += 1;
         index = event.data.index + 1;
         if (index < run.length) {
-          run[index].drawing = true;
+          Object.assign(run[index], { drawing: true, waiting: false });
           setProgressText(`Drawing page ${first + index + 1} of ${total}…`);
         }
         renderBook();
@@ -427,6 +445,7 @@ async function drawFrom(from, signal) {
     run[Math.min(index, run.length - 1)].error = error.message;
     setProgressText(`Stopped at page ${first + index + 1} of ${total}: see the message on that page.`);
   } finally {
+    for (const page of run) page.waiting = false;
     state.drawingBook = false;
     renderBook();
   }
@@ -864,7 +883,8 @@ function renderCard(card, page, index) {
   picture.alt = `Picture of page ${n}`;
   card.classList.toggle("drawing", page.drawing);
   card.setAttribute("aria-busy", String(page.drawing));
-  $(".slot-note", card).textContent = page.drawing ? "Drawing…" : page.img ? "" : "Not drawn yet";
+  const waiting = page.waiting ? "Waiting for its turn" : "Not drawn yet";
+  $(".slot-note", card).textContent = page.drawing ? "Drawing…" : page.img ? "" : waiting;
   $(".card-number", card).textContent = `Page ${n}`;
   $(".card-seed", card).textContent = page.usedSeed !== null && page.img ? `· seed ${page.usedSeed}` : "";
   $(".card-text", card).textContent = page.text;

@@ -381,11 +381,14 @@ def test_cancel_deletes_the_book(studio: Page, served):
         page.get_by_role("button", name="Draw the book").click()
         give_key_when_asked(page)
     book_id = submitted.value.json()["id"]
-    cancel = page.get_by_role("button", name="Cancel the book")
-    cancel.click()  # four pages: on this machine the book is far from done this soon after its 202
+    cards = page.locator("#book > li")
+    # Four pages: on this machine the book is far from done this soon after its 202.
+    expect(cards.nth(3).locator(".slot-note")).to_have_text("Waiting for its turn")
+    page.get_by_role("button", name="Cancel the book").click()
     expect(page.locator("#progress-text")).to_contain_text("Canceled.")
     expect(page.get_by_role("button", name="Stop")).to_be_disabled()
     assert deleted == [f"/books/{book_id}"]
+    expect(cards.nth(3).locator(".slot-note")).to_have_text("Not drawn yet")
     for _ in range(100):  # the DELETE is sent as the studio lets go of the stream: until the server has it
         status = requests.get(f"{served}/books/{book_id}", headers=KEY_HEADER, timeout=10).json()
         if status["status"] in ("canceled", "completed", "failed"):
