@@ -3,7 +3,8 @@
 `POST /books` (202: id and URL), `GET /books/{id}` (status, pages done and total, seeds, failure; no pictures),
 `GET /books/{id}/pages?since=k`, `GET /books/{id}/pages/{k}.png`, `GET /books/{id}/events` (Server-Sent Events: one
 `page` event per page as it is drawn, then one `end`; `Last-Event-ID` resumes), `GET /books/{id}/pdf`,
-`DELETE /books/{id}` (cancel). A book unknown or expired is a 404; an unreachable store a 503 with Retry-After.
+`DELETE /books/{id}` (cancel), `POST /books/{id}/final` (the same book again, its seeds fixed, `quality: final`:
+a new book, answered as `POST /books`). A book unknown or expired is a 404; an unreachable store a 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def status_body(book_id: str, record: Record) -> dict:
         "pages_done": record.done,
         "pages_total": record.total,
         "seeds": record.info["seeds"],
+        "quality": record.info.get("quality", "final"),
         "failure": record.failure,
         "replica": record.replica or None,
         "created_at": iso(record.created),
@@ -88,6 +90,13 @@ def book_app(books: Books) -> Starlette:
 
     async def submit(request: Request) -> Response:
         book_id, refused = await books.submit(await request.body())
+        if refused is not None:
+            return refused
+        url = book_url(book_id)
+        return JSONResponse({"id": book_id, "url": url}, status_code=202, headers={"Location": url})
+
+    async def final(request: Request) -> Response:
+        book_id, refused = await books.final(request.path_params["book_id"])
         if refused is not None:
             return refused
         url = book_url(book_id)
@@ -162,6 +171,7 @@ def book_app(books: Books) -> Starlette:
         routes=[
             Route("/books", answers(submit), methods=["POST"]),
             Route("/books/{book_id}", answers(status), methods=["GET"]),
+            Route("/books/{book_id}/final", answers(final), methods=["POST"]),
             Route("/books/{book_id}", answers(cancel), methods=["DELETE"]),
             Route("/books/{book_id}/pages", answers(pages), methods=["GET"]),
             Route("/books/{book_id}/pages/{index:int}.png", answers(picture), methods=["GET"]),

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from pipeline.page import MAX_SEED, ErrorKind
+from pipeline.page import MAX_SEED, ErrorKind, Quality
 
 from .book_store import StoreUnavailable
 from .drawing import Overloaded, PageDrawer, PagePictures, checked_pictures
@@ -63,6 +63,13 @@ class BookRequest(PageSettings, Cast):
     )
     pages: list[BookPageRequest] = Field(
         ..., min_length=1, max_length=MAX_BOOK_PAGES, description=f"The pages, 1 to {MAX_BOOK_PAGES}."
+    )
+    quality: Quality = Field(
+        Quality.final,
+        description="How every page is drawn, as `quality` in /generate: `final` (default, as without this field) "
+        "or `draft` (the few-step LoRA, a quick look at the whole book). To make a draft book final, submit it "
+        "again with `quality: final` and the seeds its status reports (or `POST /books/{id}/final`).",
+        examples=["final"],
     )
 
     def texts(self) -> list[tuple[str, str | None]]:
@@ -164,7 +171,7 @@ async def _draw_page(drawer: PageDrawer, book: BookRequest, page: BookPageReques
     give_up_at = time.monotonic() + drawer.settings.request_timeout_s
     while True:
         try:
-            return await drawer.page(book, page.drawing_prompt, page.seed, pictures)
+            return await drawer.page(book, page.drawing_prompt, page.seed, pictures, book.quality)
         except Overloaded:
             if time.monotonic() + retry_after_s > give_up_at:
                 raise

@@ -130,10 +130,13 @@ class PageDrawer:
         except Exception as error:  # the model may be gone too; its deadline check still stops the page
             log.warning("could not tell the model service that job %s was abandoned: %r", job.job_id, error)
 
-    async def page(self, page: Page, prompt: str, seed: int | None, pictures: PagePictures) -> PageAnswer:
+    async def page(
+        self, page: Page, prompt: str, seed: int | None, pictures: PagePictures, quality: Quality = Quality.final
+    ) -> PageAnswer:
         """A checked page with checked pictures, through the batcher, with its deadline from now."""
         deadline = time.time() + self.settings.request_timeout_s
-        return await self.draw(page_job(page, prompt, seed, pictures, deadline, self.settings.safe_negative_prompt))
+        safe_negative = self.settings.safe_negative_prompt
+        return await self.draw(page_job(page, prompt, seed, pictures, deadline, safe_negative, quality))
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse | JSONResponse:
         refused = await self.prompts.refusal([("prompt", request.prompt)])  # before any model work; negatives are free

@@ -5,6 +5,7 @@ finishing it with the same pages, restarts, cancel, the per-replica limit, and R
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -20,7 +21,7 @@ import pytest
 import requests
 from pypdf import PdfReader
 
-from testkit.pictures import picture, png_b64, psnr
+from testkit.pictures import picture, png_b64, png_from_b64, psnr
 from testkit.server import bentoml_serve, free_port, metric
 
 HEARTBEAT_S = 2
@@ -210,6 +211,51 @@ def test_the_embedded_default_cancels_and_holds_its_limit(embedded):
     canceled = requests.delete(f"{embedded.url}/books/{book_id}", timeout=30)
     assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
     assert submit(embedded.url, book(pages=1)).status_code == 202  # the slot came back
+
+
+def book_pngs(url: str, book_id: str, pages: int) -> list[bytes]:
+    return [requests.get(f"{url}/books/{book_id}/pages/{k}.png", timeout=30).content for k in range(pages)]
+
+
+def same_as_generate(url: str, body: dict, state: dict, pngs: list[bytes], **extra) -> None:
+    """Each page of a finished book equals /generate with its seed, the book's settings and cast, and the page
+    before as `prev_frame` (>= 60 dB)."""
+    for index, png in enumerate(pngs):
+        request = {
+            "prompt": body["pages"][index]["text"],
+            "seed": state["seeds"][index],
+            "characters": body["characters"],
+            "prev_frame": base64.b64encode(pngs[index - 1]).decode() if index else None,
+            "quality": state["quality"],
+            **TINY,
+            **extra,
+        }
+        single = requests.post(f"{url}/generate", json=request, timeout=120)
+        assert single.status_code == 200, single.text
+        assert psnr(from_png(png), png_from_b64(single.json()["img"])) >= 60, index
+
+
+def test_a_draft_book_made_final_keeps_its_seeds_and_each_page_is_generate(embedded):
+    body = book(pages=2, title="Draft first", quality="draft")
+    del body["pages"][1]["seed"]  # drawn at submit, reported by the status, kept by the final book
+    answer = submit(embedded.url, body)
+    assert answer.status_code == 202, answer.text
+    draft_id = answer.json()["id"]
+    draft = wait_until(embedded.url, draft_id, finished)
+    assert draft["status"] == "completed" and draft["quality"] == "draft", draft
+    made_final = requests.post(f"{embedded.url}/books/{draft_id}/final", json={}, timeout=120)
+    assert made_final.status_code == 202, made_final.text
+    final_id = made_final.json()["id"]
+    assert final_id != draft_id and made_final.headers["location"] == f"/books/{final_id}"
+    final = wait_until(embedded.url, final_id, finished)
+    assert final["status"] == "completed" and final["quality"] == "final", final
+    assert final["seeds"] == draft["seeds"] and final["title"] == "Draft first"
+    drafted, finished_pngs = book_pngs(embedded.url, draft_id, 2), book_pngs(embedded.url, final_id, 2)
+    for sketch, page in zip(drafted, finished_pngs):
+        assert psnr(from_png(sketch), from_png(page)) < 25, "a draft page is not its final page"
+    same_as_generate(embedded.url, body, draft, drafted)
+    same_as_generate(embedded.url, body, final, finished_pngs)
+    assert requests.post(f"{embedded.url}/books/nope/final", json={}, timeout=10).status_code == 404
 
 
 def test_the_readme_books_commands_run_as_written(embedded, tmp_path):
