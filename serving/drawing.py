@@ -47,7 +47,7 @@ class PagePictures:
 
 def checked_pictures(
     prev_frame: str | None,
-    characters: list[str],
+    characters: list[str | None],
     limits: dict,
     prev_field: str = "prev_frame",
     schema: str = "GenerateRequest",
@@ -55,7 +55,10 @@ def checked_pictures(
     """Untrusted pictures through the one untrusted decoder, once; a bad one is a 400 naming its field."""
     try:
         prev = normalised_png(prev_frame, prev_field, limits) if prev_frame else None
-        cast = [normalised_png(c, f"characters[{i}]", limits) for i, c in enumerate(characters)]
+        # None: a place in a book's cast whose picture the book draws itself (a described member)
+        cast = [
+            normalised_png(c, f"characters[{i}]", limits) if c is not None else None for i, c in enumerate(characters)
+        ]
     except ImageInputError as error:
         raise field_error(error, schema) from None
     return PagePictures(prev, cast)

@@ -258,6 +258,55 @@ def test_a_draft_book_made_final_keeps_its_seeds_and_each_page_is_generate(embed
     assert requests.post(f"{embedded.url}/books/nope/final", json={}, timeout=10).status_code == 404
 
 
+PIP = {"name": "Pip", "description": "a small red fox with a blue scarf"}
+
+
+def test_a_book_draws_its_described_character_once_and_uses_it_on_every_page(embedded):
+    pictured = png_b64(picture(2, (64, 64)))
+    body = book(pages=2, title="Pip and the kite", characters=[PIP, pictured])  # Pip's seed: fixed at submit
+    drawn_before = metric(embedded.url, "bentoml_service_adaptive_batch_size_sum", method_name="draw")
+    answer = submit(embedded.url, body)
+    assert answer.status_code == 202, answer.text
+    book_id = answer.json()["id"]
+    state = wait_until(embedded.url, book_id, finished)
+    assert state["status"] == "completed", state
+    drawn = metric(embedded.url, "bentoml_service_adaptive_batch_size_sum", method_name="draw") - drawn_before
+    assert drawn == 3, "one portrait, then two pages: the portrait is drawn once"
+    [member] = state["cast"]
+    assert {k: member[k] for k in ("index", "name", "description")} == {"index": 0, **PIP}
+    assert member["url"] == f"/books/{book_id}/cast/0.png" and isinstance(member["seed"], int)
+    portrait_png = requests.get(f"{embedded.url}{member['url']}", timeout=30)
+    assert portrait_png.status_code == 200 and portrait_png.headers["content-type"] == "image/png"
+    assert requests.get(f"{embedded.url}/books/{book_id}/cast/1.png", timeout=10).status_code == 404  # a picture
+    # The portrait is POST /character's with that seed at the book's settings, and every page is /generate with it
+    # as character 1 (the uploaded picture as character 2).
+    alone = requests.post(f"{embedded.url}/character", json={**PIP, "seed": member["seed"], **TINY}, timeout=120)
+    assert alone.status_code == 200, alone.text
+    assert psnr(from_png(portrait_png.content), png_from_b64(alone.json()["img"])) >= 60
+    as_pictures = {**body, "characters": [base64.b64encode(portrait_png.content).decode(), pictured]}
+    same_as_generate(embedded.url, as_pictures, state, book_pngs(embedded.url, book_id, 2))
+    # The PDF ends with the cast; the first routes give the portrait in the result.
+    pdf = PdfReader(io.BytesIO(requests.get(f"{embedded.url}/books/{book_id}/pdf", timeout=60).content))
+    assert len(pdf.pages) == 4, "cover, two pages, the cast"
+    last = pdf.pages[-1].extract_text()
+    assert "The cast" in last and "Pip" in last and "Character 2" in last, last
+    old = requests.get(f"{embedded.url}/book/get", params={"task_id": book_id}, timeout=60).json()
+    assert [c["name"] for c in old["cast"]] == ["Pip"] and base64.b64decode(
+        old["cast"][0]["img"]
+    ) == portrait_png.content
+    assert len(PdfReader(io.BytesIO(base64.b64decode(old["pdf"]))).pages) == 4
+
+
+def test_a_refused_or_bad_description_in_a_book_names_its_field(embedded):
+    refused = submit(
+        embedded.url, book(pages=1, characters=[png_b64(picture(2, (64, 64))), {"description": "a n.u.d.e princess"}])
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["kind"] == "content_refused" and refused.json()["field"] == "characters[1].description"
+    bad = submit(embedded.url, book(pages=1, characters=[{"name": "Pip", "description": "  "}]))
+    assert bad.status_code == 400 and bad.json()["detail"][0]["field"] == "characters[0].description", bad.text
+
+
 def test_the_readme_books_commands_run_as_written(embedded, tmp_path):
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     script = re.search(r"```bash\n(.+?)\n```", readme.split("#### `/books`", 1)[1], re.S).group(1)
