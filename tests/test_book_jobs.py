@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -318,6 +319,27 @@ def test_the_readme_books_commands_run_as_written(embedded, tmp_path):
     assert run.stdout.strip().endswith("completed"), run.stdout
     assert from_png((tmp_path / "page0.png").read_bytes()).size == (256, 256)
     assert len(PdfReader(tmp_path / "book.pdf").pages) == 3
+
+
+def test_the_readme_book_from_words_alone_runs_as_written(embedded, tmp_path):
+    """README, "A book from words alone": the curl commands and the Python, each against the embedded server."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("#### A book from words alone", 1)[1].split("\n### ", 1)[0]
+    script = re.search(r"```bash\n(.+?)\n```", section, re.S).group(1)
+    assert "base64" not in script and "description" in script, "a cast in words, no picture sent"
+    script = script.replace("localhost:8000", embedded.url.removeprefix("http://"))
+    run = subprocess.run(["bash", "-ec", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "completed" and [c["name"] for c in summary["cast"]] == ["Pip"]
+    assert summary["cast"][0]["seed"] == 7 and from_png((tmp_path / "pip.png").read_bytes()).size == (256, 256)
+    pdf = PdfReader(tmp_path / "pip-and-the-kite.pdf")
+    assert len(pdf.pages) == 4 and "The cast" in pdf.pages[-1].extract_text()
+    python = re.search(r"```python\n(.+?)\n```", section, re.S).group(1)
+    python = python.replace("http://localhost:8000", embedded.url)
+    run = subprocess.run([sys.executable, "-c", python], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.startswith("completed ") and len(PdfReader(tmp_path / "pip-and-the-kite.pdf").pages) == 4
 
 
 # -- two replicas on one Redis --------------------------------------------------------------------------------------
