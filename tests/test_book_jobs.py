@@ -402,6 +402,31 @@ def test_a_replica_killed_mid_book_and_the_other_finishes_it_with_the_same_pages
     victim.start()
 
 
+def test_a_resumed_book_reuses_its_stored_portrait(cluster):
+    """A book with a described member, its replica SIGKILLed mid-book: the other replica continues from the
+    checkpoint, portrait included, and never draws the portrait again (its draws are the pages left, no more)."""
+    answer = submit(cluster[0].url, book(characters=[PIP, png_b64(picture(2, (64, 64)))], title="Pip resumed"))
+    assert answer.status_code == 202, answer.text
+    book_id = answer.json()["id"]
+    state = wait_until(cluster[0].url, book_id, lambda s: s["pages_done"] >= 2)
+    victim = drawing_replica(cluster, state)
+    survivor = next(r for r in cluster if r is not victim)
+    portrait = requests.get(f"{survivor.url}/books/{book_id}/cast/0.png", timeout=30).content
+    drawn_before = metric(survivor.url, "bentoml_service_adaptive_batch_size_sum", method_name="draw")
+    victim.kill()
+    done_at_kill = status(survivor.url, book_id)["pages_done"]
+    final = wait_until(survivor.url, book_id, finished)
+    assert final["status"] == "completed" and survivor.runs(final["replica"]), final
+    drawn = metric(survivor.url, "bentoml_service_adaptive_batch_size_sum", method_name="draw") - drawn_before
+    assert drawn == 6 - done_at_kill, "the pages left, and no portrait"
+    assert final["cast"] == state["cast"] and len(final["cast"]) == 1
+    assert requests.get(f"{survivor.url}/books/{book_id}/cast/0.png", timeout=30).content == portrait
+    pages = book_pngs(survivor.url, book_id, 6)
+    as_pictures = book(characters=[base64.b64encode(portrait).decode(), png_b64(picture(2, (64, 64)))])
+    same_as_generate(survivor.url, as_pictures, final, pages)
+    victim.start()
+
+
 def test_cancel_stops_the_drawing(cluster):
     a, b = cluster
     answer = submit(a.url, book(title="canceled", steps=12))
