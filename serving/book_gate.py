@@ -10,6 +10,7 @@ Checks at submit are those of `POST /books` (Books.submit): a 400 naming the fie
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from typing import TYPE_CHECKING
@@ -21,7 +22,16 @@ from starlette.types import Receive, Scope, Send
 
 from . import errors
 from .book_store import FINAL, StoreUnavailable
-from .books import BookProgress, BookResult, DrawnPage, book_pdf_b64, check_book, failure_status
+from .books import (
+    BookProgress,
+    BookResult,
+    CastPortrait,
+    DrawnPage,
+    book_pdf_b64,
+    check_book,
+    failure_status,
+    pdf_cast,
+)
 
 if TYPE_CHECKING:
     from .book_jobs import Books
@@ -32,6 +42,7 @@ BOOK, SUBMIT, STATUS, GET, PROGRESS = "/book", "/book/submit", "/book/status", "
 # /book/status: a status turned final before that progress read would answer "completed" beside a progress still
 # "running". /book/status keeps saying in_progress this long after the book finished.
 STATUS_SETTLE_S = 0.5
+CAST_FIELDS = ("index", "name", "description", "seed")
 
 
 class ProgressQuery(BaseModel):
@@ -132,8 +143,16 @@ class BookGate:
         if record.status not in FINAL:
             return JSONResponse({"error": f"task {task_id} is not completed yet"}, status_code=400)
         pages = await self._pages(task_id)
-        pdf = await asyncio.to_thread(book_pdf_b64, record.info["title"], pages) if pages else None
+        store = self.books.store
+        job, portraits = await store.job(task_id), await store.cast(task_id)
+        members = await asyncio.to_thread(pdf_cast, job, portraits) if job is not None else None
+        pdf = await asyncio.to_thread(book_pdf_b64, record.info["title"], pages, members) if pages else None
+        cast = [
+            CastPortrait(img=base64.b64encode(png).decode("ascii"), **{k: meta[k] for k in CAST_FIELDS})
+            for meta, png in portraits
+        ]
         result = BookResult(
+            cast=cast,
             status=record.status,
             title=record.info["title"],
             pages_total=record.total,

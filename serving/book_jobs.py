@@ -19,9 +19,11 @@ import uuid
 
 from pydantic import ValidationError
 
+from pipeline.page import Quality
+
 from . import errors
 from .book_store import FINAL, MemoryStore, Record, RedisStore, StoreUnavailable
-from .books import check_book, draw_book, fixed_seeds, stored_job
+from .books import BookRequest, check_book, draw_book, fixed_seeds, stored_job
 from .content_safety import PromptGate
 from .drawing import PageDrawer
 from .settings import ServingSettings
@@ -78,7 +80,12 @@ class Books:
             return None, refused
         book = fixed_seeds(book)
         book_id = uuid.uuid4().hex
-        info = {"title": book.title, "texts": [p.text for p in book.pages], "seeds": [p.seed for p in book.pages]}
+        info = {
+            "title": book.title,
+            "texts": [p.text for p in book.pages],
+            "seeds": [p.seed for p in book.pages],
+            "quality": book.quality.value,
+        }
         record = Record(status="queued", done=0, total=len(book.pages), created=time.time(), info=info)
         job = await asyncio.to_thread(stored_job, book, pictures)
         try:
@@ -90,6 +97,16 @@ class Books:
         except StoreUnavailable as error:
             return None, errors.store_unavailable(str(error), self.settings.retry_after_s)
         return book_id, None
+
+    async def final(self, book_id: str):
+        """Make final: a new book from a stored one's request, its seeds as fixed at submit and `quality: final`,
+        checked and submitted as `POST /books` would (so it answers what submit answers). LookupError when the book
+        is unknown or expired."""
+        job = await self.store.job(book_id)
+        if job is None:
+            raise LookupError(book_id)
+        book = BookRequest.model_validate_json(job)
+        return await self.submit(book.model_copy(update={"quality": Quality.final}).model_dump_json().encode())
 
     async def _enqueue(self, book_id: str) -> None:
         if self.redis_url is None:

@@ -1,9 +1,11 @@
 """The book routes, a Starlette app the front mounts (`@bentoml.asgi_app`): every replica answers for every book.
 
 `POST /books` (202: id and URL), `GET /books/{id}` (status, pages done and total, seeds, failure; no pictures),
-`GET /books/{id}/pages?since=k`, `GET /books/{id}/pages/{k}.png`, `GET /books/{id}/events` (Server-Sent Events: one
+`GET /books/{id}/pages?since=k`, `GET /books/{id}/pages/{k}.png`, `GET /books/{id}/cast/{i}.png` (the portrait drawn
+for member i, described in words), `GET /books/{id}/events` (Server-Sent Events: one
 `page` event per page as it is drawn, then one `end`; `Last-Event-ID` resumes), `GET /books/{id}/pdf`,
-`DELETE /books/{id}` (cancel). A book unknown or expired is a 404; an unreachable store a 503 with Retry-After.
+`DELETE /books/{id}` (cancel), `POST /books/{id}/final` (the same book again, its seeds fixed, `quality: final`:
+a new book, answered as `POST /books`). A book unknown or expired is a 404; an unreachable store a 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from . import errors
 from .book_gate import ProgressQuery
 from .book_jobs import FINAL, Books
 from .book_store import Record, StoreUnavailable
+from .books import pdf_cast
 from .pdf import BookPage, render_book_pdf
 
 EVENT_WAIT_S = 3.0  # a stream with nothing new sends a comment this often (and sees an expired book end)
@@ -37,7 +40,15 @@ def iso(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat()
 
 
-def status_body(book_id: str, record: Record) -> dict:
+def cast_body(book_id: str, portraits: list[tuple[dict, bytes]]) -> list[dict]:
+    """The portraits drawn for the book's described members, without their pictures: each one's URL."""
+    keep = ("index", "name", "description", "seed")
+    return [
+        {**{k: meta[k] for k in keep}, "url": f"{book_url(book_id)}/cast/{meta['index']}.png"} for meta, _ in portraits
+    ]
+
+
+def status_body(book_id: str, record: Record, portraits: list[tuple[dict, bytes]] = ()) -> dict:
     url = book_url(book_id)
     return {
         "id": book_id,
@@ -47,6 +58,8 @@ def status_body(book_id: str, record: Record) -> dict:
         "pages_done": record.done,
         "pages_total": record.total,
         "seeds": record.info["seeds"],
+        "quality": record.info.get("quality", "final"),
+        "cast": cast_body(book_id, portraits),
         "failure": record.failure,
         "replica": record.replica or None,
         "created_at": iso(record.created),
@@ -58,9 +71,9 @@ def page_body(book_id: str, page: dict) -> dict:
     return {**page, "url": f"{book_url(book_id)}/pages/{page['index']}.png"}
 
 
-def book_pdf(title: str, texts: list[str], pngs: list[bytes]) -> bytes:
+def book_pdf(title: str, texts: list[str], pngs: list[bytes], job: str, portraits: list) -> bytes:
     pages = [BookPage(Image.open(io.BytesIO(png), formats=("PNG",)).convert("RGB"), t) for png, t in zip(pngs, texts)]
-    return render_book_pdf(title, pages)
+    return render_book_pdf(title, pages, pdf_cast(job, portraits))
 
 
 def book_app(books: Books) -> Starlette:
@@ -93,16 +106,31 @@ def book_app(books: Books) -> Starlette:
         url = book_url(book_id)
         return JSONResponse({"id": book_id, "url": url}, status_code=202, headers={"Location": url})
 
+    async def final(request: Request) -> Response:
+        book_id, refused = await books.final(request.path_params["book_id"])
+        if refused is not None:
+            return refused
+        url = book_url(book_id)
+        return JSONResponse({"id": book_id, "url": url}, status_code=202, headers={"Location": url})
+
     async def status(request: Request) -> Response:
         book_id, record = await known(request)
-        return JSONResponse(status_body(book_id, record))
+        return JSONResponse(status_body(book_id, record, await books.store.cast(book_id)))
 
     async def cancel(request: Request) -> Response:
         book_id, _ = await known(request)
         record = await books.cancel(book_id)
         if record is None:
             raise LookupError(book_id)
-        return JSONResponse(status_body(book_id, record))
+        return JSONResponse(status_body(book_id, record, await books.store.cast(book_id)))
+
+    async def portrait(request: Request) -> Response:
+        book_id, _ = await known(request)
+        drawn = {meta["index"]: png for meta, png in await books.store.cast(book_id)}
+        png = drawn.get(request.path_params["index"])
+        if png is None:
+            return errors.not_found("this character has no portrait drawn (yet): it is a picture, or not described")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
 
     async def pages(request: Request) -> Response:
         book_id, record = await known(request)
@@ -127,7 +155,8 @@ def book_app(books: Books) -> Starlette:
         pngs = await books.store.pngs(book_id)
         if not pngs:
             return errors.conflict("the book has no page drawn")
-        body = await asyncio.to_thread(book_pdf, record.info["title"], record.info["texts"], pngs)
+        job, portraits = await books.store.job(book_id), await books.store.cast(book_id)
+        body = await asyncio.to_thread(book_pdf, record.info["title"], record.info["texts"], pngs, job, portraits)
         disposition = f'inline; filename="book-{book_id}.pdf"'
         return Response(body, media_type="application/pdf", headers={"Content-Disposition": disposition})
 
@@ -162,9 +191,11 @@ def book_app(books: Books) -> Starlette:
         routes=[
             Route("/books", answers(submit), methods=["POST"]),
             Route("/books/{book_id}", answers(status), methods=["GET"]),
+            Route("/books/{book_id}/final", answers(final), methods=["POST"]),
             Route("/books/{book_id}", answers(cancel), methods=["DELETE"]),
             Route("/books/{book_id}/pages", answers(pages), methods=["GET"]),
             Route("/books/{book_id}/pages/{index:int}.png", answers(picture), methods=["GET"]),
+            Route("/books/{book_id}/cast/{index:int}.png", answers(portrait), methods=["GET"]),
             Route("/books/{book_id}/events", answers(events), methods=["GET"]),
             Route("/books/{book_id}/pdf", answers(pdf), methods=["GET"]),
         ]

@@ -58,6 +58,7 @@ class _Book:
     pages: list[dict] = field(default_factory=list)
     pngs: list[bytes] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    cast: list[tuple[dict, bytes]] = field(default_factory=list)  # the portraits drawn for it: (meta, PNG)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -112,6 +113,20 @@ class MemoryStore:
     async def pngs(self, book_id: str) -> list[bytes]:
         book = self._get(book_id)
         return [] if book is None else list(book.pngs)
+
+    async def cast(self, book_id: str) -> list[tuple[dict, bytes]]:
+        """The portraits drawn for the book's described members: (meta with its `index` in the cast, PNG)."""
+        book = self._get(book_id)
+        return [] if book is None else list(book.cast)
+
+    async def keep_cast(self, book_id: str, portraits: list[tuple[dict, bytes]]) -> bool:
+        """Checkpoint the portraits (before the first page): False when the book is no longer drawing."""
+        book = self._get(book_id)
+        if book is None or book.record.status != "drawing":
+            return False
+        book.cast = sorted([*book.cast, *portraits], key=lambda p: p[0]["index"])
+        self._touch(book)
+        return True
 
     async def claim(self, book_id: str, replica: str) -> bool:
         book = self._get(book_id)
@@ -188,7 +203,7 @@ if status ~= 'queued' and status ~= 'drawing' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'drawing', 'replica', ARGV[1])
 return 1
 """
-# KEYS: record, job, pages, pngs, events. ARGV: index, page as JSON, png, ttl.
+# KEYS: record, job, pages, pngs, events, cast. ARGV: index, page as JSON, png, ttl.
 _CHECKPOINT = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'drawing' then return 0 end
 if tonumber(redis.call('HGET', KEYS[1], 'done')) ~= tonumber(ARGV[1]) then return 0 end
@@ -197,10 +212,11 @@ redis.call('RPUSH', KEYS[3], ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[1], 'done', done)
 redis.call('XADD', KEYS[5], done .. '-0', 'kind', 'page', 'data', ARGV[2])
-for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+for i = 1, 6 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
 return 1
 """
-# KEYS: record, job, pages, pngs, events, unfinished. ARGV: status, failure as JSON ('null' for none), ttl, id, now.
+# KEYS: record, job, pages, pngs, events, cast, unfinished.
+# ARGV: status, failure as JSON ('null' for none), ttl, id, now.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'completed' or status == 'failed' or status == 'canceled' then return 0 end
@@ -208,15 +224,25 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'failure', ARGV[2], 'finished', A
 local done = tonumber(redis.call('HGET', KEYS[1], 'done'))
 local event = '{"status": "' .. ARGV[1] .. '", "pages_done": ' .. done .. ', "failure": ' .. ARGV[2] .. '}'
 redis.call('XADD', KEYS[5], (done + 1) .. '-0', 'kind', 'end', 'data', event)
-redis.call('ZREM', KEYS[6], ARGV[4])
-for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+redis.call('ZREM', KEYS[7], ARGV[4])
+for i = 1, 6 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+return 1
+"""
+
+# KEYS: record, job, pages, pngs, events, cast. ARGV: ttl, then index, meta as JSON, png for each portrait.
+_KEEP_CAST = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'drawing' then return 0 end
+for i = 2, #ARGV, 3 do
+  redis.call('HSET', KEYS[6], ARGV[i] .. ':meta', ARGV[i + 1], ARGV[i] .. ':png', ARGV[i + 2])
+end
+for i = 1, 6 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
 return 1
 """
 
 
 def _keys(book_id: str) -> list[str]:
     base = f"{PREFIX}book:{book_id}"
-    return [base, base + ":job", base + ":pages", base + ":pngs", base + ":events"]
+    return [base, base + ":job", base + ":pages", base + ":pngs", base + ":events", base + ":cast"]
 
 
 class RedisStore:
@@ -236,6 +262,7 @@ class RedisStore:
         self._claim = self.redis.register_script(_CLAIM)
         self._checkpoint = self.redis.register_script(_CHECKPOINT)
         self._finish = self.redis.register_script(_FINISH)
+        self._keep_cast = self.redis.register_script(_KEEP_CAST)
 
     async def _call(self, operation) -> Any:
         try:
@@ -303,6 +330,17 @@ class RedisStore:
     async def pngs(self, book_id: str) -> list[bytes]:
         stored = await self._call(self.redis.hgetall(_keys(book_id)[3]))
         return [stored[str(k).encode()] for k in range(len(stored))]
+
+    async def cast(self, book_id: str) -> list[tuple[dict, bytes]]:
+        stored = await self._call(self.redis.hgetall(_keys(book_id)[5]))
+        metas = [json.loads(v) for k, v in stored.items() if k.endswith(b":meta")]
+        return [(meta, stored[f"{meta['index']}:png".encode()]) for meta in sorted(metas, key=lambda m: m["index"])]
+
+    async def keep_cast(self, book_id: str, portraits: list[tuple[dict, bytes]]) -> bool:
+        args = [self.retention_s]
+        for meta, png in portraits:
+            args += [meta["index"], json.dumps(meta), png]
+        return bool(await self._call(self._keep_cast(keys=_keys(book_id), args=args)))
 
     async def claim(self, book_id: str, replica: str) -> bool:
         return bool(await self._call(self._claim(keys=_keys(book_id)[:1], args=[replica])))

@@ -16,18 +16,19 @@ import logging
 import secrets
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from pipeline.page import MAX_SEED, ErrorKind
+from pipeline.page import MAX_CHARACTERS, MAX_SEED, ErrorKind, Quality
 
 from .book_store import StoreUnavailable
+from .characters import CharacterDescription, PortraitRequest, draw_portraits, portrait_texts
 from .drawing import Overloaded, PageDrawer, PagePictures, checked_pictures
 from .errors import HTTP_STATUS, field_error
 from .images import ImageInputError, decode_image, decode_trusted_png, own_page_as_prev_frame
 from .pdf import BookPage as PdfPage
-from .pdf import render_book_pdf
+from .pdf import CastMember, render_book_pdf
 from .schemas import EXAMPLE_PNG, MAX_PROMPT_CHARS, Cast, PageSettings, prompt_field, seed_field
 from .settings import serving_settings
 
@@ -51,8 +52,23 @@ class BookPageRequest(BaseModel):
         return self.prompt or self.text
 
 
+# A cast entry: a picture (base64, as in /generate) or a character in words, drawn by the book before its pages.
+# (A plain union: BentoML rebuilds the task's input model, which a callable Discriminator does not survive.)
+CastEntry = Annotated[str | CharacterDescription, Field(union_mode="left_to_right")]
+
+
 class BookRequest(PageSettings, Cast):
     """A whole book: its cast, how its pages are drawn, and the pages in order."""
+
+    characters: list[CastEntry] = Field(
+        default_factory=list,
+        max_length=MAX_CHARACTERS,
+        description=f"The cast, 0 to {MAX_CHARACTERS}, in order: each a reference picture (base64, as in "
+        "/generate) or a character in words, `{name, description, seed?, style?}`, whose portrait the book draws "
+        "first (as `POST /character`, at the book's page size) and then uses as that character's picture on every "
+        "page, in its place.",
+        examples=[[EXAMPLE_PNG, {"name": "Pip", "description": "a small red fox with a blue scarf"}]],
+    )
 
     title: str = Field("", max_length=MAX_TITLE_CHARS, description="The book's title, on its cover.")
     first_frame: str | None = Field(
@@ -64,13 +80,34 @@ class BookRequest(PageSettings, Cast):
     pages: list[BookPageRequest] = Field(
         ..., min_length=1, max_length=MAX_BOOK_PAGES, description=f"The pages, 1 to {MAX_BOOK_PAGES}."
     )
+    quality: Quality = Field(
+        Quality.final,
+        description="How every page is drawn, as `quality` in /generate: `final` (default, as without this field) "
+        "or `draft` (the few-step LoRA, a quick look at the whole book). To make a draft book final, submit it "
+        "again with `quality: final` and the seeds its status reports (or `POST /books/{id}/final`).",
+        examples=["final"],
+    )
 
     def texts(self) -> list[tuple[str, str | None]]:
         """Everything the user wrote that the prompt filter reads, by field (negative_prompt is not filtered)."""
         fields = [("title", self.title)]
+        for index, member in self.described():
+            fields += portrait_texts(PortraitRequest.in_book(self, member), at=f"characters[{index}].")
         for index, page in enumerate(self.pages):
             fields += [(f"pages[{index}].text", page.text), (f"pages[{index}].prompt", page.prompt)]
         return fields
+
+    def described(self) -> list[tuple[int, CharacterDescription]]:
+        """The members described in words, with their places in the cast."""
+        return [(i, c) for i, c in enumerate(self.characters) if isinstance(c, CharacterDescription)]
+
+
+class CastPortrait(BaseModel):
+    index: int = Field(..., description="The member's place in `characters`, from 0.")
+    name: str | None
+    description: str
+    seed: int = Field(..., description="The seed its portrait was drawn with (fixed at submit when absent).")
+    img: str = Field(..., description="The portrait, base64 PNG, as every page used it.")
 
 
 class DrawnPage(BaseModel):
@@ -100,6 +137,9 @@ class BookResult(BaseModel):
     pages: list[DrawnPage] = Field(..., description="Every page drawn, in order (the finished ones when failed).")
     failure: PageFailure | None = Field(None, description="Why the book stopped, when it did.")
     pdf: str | None = Field(None, description="The book as a PDF (base64), with the pages drawn.")
+    cast: list[CastPortrait] = Field(
+        default_factory=list, description="The portraits of the members described in words, as drawn for this book."
+    )
 
 
 class BookProgress(BaseModel):
@@ -115,30 +155,57 @@ class BookProgress(BaseModel):
 
 
 def book_pictures(book: BookRequest, limits: dict) -> PagePictures:
-    """The book's `first_frame` and characters decoded, checked and normalised once, for all its pages (a 400
-    naming the field when one is bad): `prev_frame` of this is the first page's."""
-    return checked_pictures(book.first_frame, book.characters, limits, prev_field="first_frame", schema="BookRequest")
+    """The book's `first_frame` and pictured characters decoded, checked and normalised once, for all its pages (a
+    400 naming the field when one is bad): `prev_frame` of this is the first page's; a described member's place
+    in `characters` is None (its portrait is drawn by the job)."""
+    cast = [c if isinstance(c, str) else None for c in book.characters]
+    return checked_pictures(book.first_frame, cast, limits, prev_field="first_frame", schema="BookRequest")
+
+
+def _untagged(error: ValidationError) -> ValidationError:
+    """The error of a cast entry named as the entry's own field: `characters[1].description`, not pydantic's
+    `characters[1].CharacterDescription.description` beside `characters[1].str` (each branch of the union says why
+    it did not match). A dict entry keeps the description's errors, anything else the picture's."""
+    details = []
+    for detail in error.errors(include_url=False):
+        loc = detail["loc"]
+        if len(loc) > 2 and loc[0] == "characters" and loc[2] in ("str", "CharacterDescription"):
+            if loc[2] == "str" and isinstance(detail["input"], dict):
+                continue  # a described member: not meant as a picture
+            if loc[2] == "CharacterDescription" and detail["type"] == "model_type":
+                continue  # not a dict: the picture's error says what it should be
+            detail = {**detail, "loc": (*loc[:2], *loc[3:])}
+        details.append(detail)
+    return ValidationError.from_exception_data(error.title, details)
 
 
 def check_book(body: bytes, limits: dict[str, int]) -> tuple[BookRequest, PagePictures]:
     """The parsed book and its pictures decoded, checked and normalised (kept for its pages), or a ValidationError
     naming the field."""
-    book = BookRequest.model_validate_json(body)
+    try:
+        book = BookRequest.model_validate_json(body)
+    except ValidationError as error:
+        raise _untagged(error) from None
     return book, book_pictures(book, limits)
 
 
+def _with_seed(model):
+    return model if model.seed is not None else model.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
+
+
 def fixed_seeds(book: BookRequest) -> BookRequest:
-    """The book with every page's seed fixed now, at submit: a page drawn again (after a takeover) is the same page."""
-    pages = [page if page.seed is not None else page.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
-             for page in book.pages]  # fmt: skip
-    return book.model_copy(update={"pages": pages})
+    """The book with every page's and every described member's seed fixed now, at submit: a page or portrait drawn
+    again (after a takeover, or by `POST /books/{id}/final`) is the same one."""
+    cast = [c if isinstance(c, str) else _with_seed(c) for c in book.characters]
+    return book.model_copy(update={"pages": [_with_seed(page) for page in book.pages], "characters": cast})
 
 
 def stored_job(book: BookRequest, pictures: PagePictures) -> str:
     """What a worker reads to draw the book: the request, its seeds fixed and its pictures as checked at submit (the
-    normalised PNGs in place of what the client sent, so no worker decodes an untrusted picture again)."""
-    checked = {"first_frame": pictures.prev_frame, "characters": pictures.characters}
-    return book.model_copy(update=checked).model_dump_json()
+    normalised PNGs in place of what the client sent, so no worker decodes an untrusted picture again; described
+    members as they are)."""
+    cast = [c if p is None else p for c, p in zip(book.characters, pictures.characters)]
+    return book.model_copy(update={"first_frame": pictures.prev_frame, "characters": cast}).model_dump_json()
 
 
 def failure_status(failure: dict | None) -> int:
@@ -153,22 +220,89 @@ def failure_status(failure: dict | None) -> int:
         return 500
 
 
-def book_pdf_b64(title: str, pages: list[DrawnPage]) -> str:
-    pdf = render_book_pdf(title, [PdfPage(decode_trusted_png(page.img), page.text) for page in pages])
+def pdf_cast(job: str, portraits: list[tuple[dict, bytes]]) -> list[CastMember] | None:
+    """The PDF's last page "The cast", for a book with members described in words (None otherwise, so a book of
+    pictures alone has the PDF it always had): every member in order, its picture (portrait or upload) and its
+    name ("Character 2" when it has none)."""
+    book = BookRequest.model_validate_json(job)
+    if not book.described():
+        return None
+    drawn = {meta["index"]: png for meta, png in portraits}
+    cast = []
+    for index, character in enumerate(book.characters):
+        if isinstance(character, str):
+            cast.append(CastMember(decode_trusted_png(character), f"Character {index + 1}"))
+        elif index in drawn:
+            picture = decode_trusted_png(base64.b64encode(drawn[index]).decode("ascii"))
+            cast.append(CastMember(picture, character.name or f"Character {index + 1}"))
+    return cast
+
+
+def book_pdf_b64(title: str, pages: list[DrawnPage], cast: list[CastMember] | None = None) -> str:
+    pdf = render_book_pdf(title, [PdfPage(decode_trusted_png(page.img), page.text) for page in pages], cast)
     return base64.b64encode(pdf).decode("ascii")
 
 
-async def _draw_page(drawer: PageDrawer, book: BookRequest, page: BookPageRequest, pictures: PagePictures):
-    """One page; a full batch queue is waited out (a book is patient), up to the page's own timeout."""
+async def _patient_draw(drawer: PageDrawer, draw):
+    """A page (or portraits); a full batch queue is waited out (a book is patient), up to the page's own timeout."""
     retry_after_s = drawer.settings.retry_after_s
     give_up_at = time.monotonic() + drawer.settings.request_timeout_s
     while True:
         try:
-            return await drawer.page(book, page.drawing_prompt, page.seed, pictures)
+            return await draw()
         except Overloaded:
             if time.monotonic() + retry_after_s > give_up_at:
                 raise
             await asyncio.sleep(retry_after_s)
+
+
+async def _draw_page(drawer: PageDrawer, book: BookRequest, page: BookPageRequest, pictures: PagePictures):
+    return await _patient_draw(
+        drawer, lambda: drawer.page(book, page.drawing_prompt, page.seed, pictures, book.quality)
+    )
+
+
+async def book_cast(store, book_id: str, drawer: PageDrawer, book: BookRequest, retry_s: float):
+    """The book's characters as pictures for its pages: the pictured ones as checked at submit, each described one
+    as its portrait — read from the book's checkpoint when it has one (a resumed book never redraws it), otherwise
+    drawn now, every missing one in one gather (so they batch) with the seed fixed at submit, and checkpointed
+    before any page. None (the book finished as failed) when a portrait could not be drawn."""
+    stored = {meta["index"]: png for meta, png in await patiently(retry_s, store.cast, book_id)}
+    missing = [(index, member) for index, member in book.described() if index not in stored]
+    if missing:
+        requests = [PortraitRequest.in_book(book, member) for _, member in missing]
+        try:
+            answers = await _patient_draw(drawer, lambda: draw_portraits(drawer, requests, book.quality))
+        except Overloaded as error:
+            failure = PageFailure(index=-1, kind="overloaded", error=f"the cast's portraits: {error}")
+            await patiently(retry_s, store.finish, book_id, "failed", failure.model_dump())
+            return None
+        for (index, _), answer in zip(missing, answers):
+            if answer.error_kind:
+                message = f"characters[{index}]: its portrait could not be drawn: {answer.error}"
+                failure = PageFailure(index=-1, kind=answer.error_kind.value, error=message)
+                await patiently(retry_s, store.finish, book_id, "failed", failure.model_dump())
+                return None
+        portraits = [
+            (
+                {"index": index, "name": member.name, "description": member.description, "seed": answer.seed,
+                 "batch_size": answer.batch_size, "prompt_drawn": answer.prompt_drawn},
+                base64.b64decode(answer.img),
+            )
+            for (index, member), answer in zip(missing, answers)
+        ]  # fmt: skip
+        if not await patiently(retry_s, store.keep_cast, book_id, portraits):
+            return None  # canceled meanwhile
+        stored |= {meta["index"]: png for meta, png in portraits}
+    limits = drawer.settings.image_limits
+    cast = []
+    for index, character in enumerate(book.characters):
+        if isinstance(character, str):
+            cast.append(character)
+        else:
+            png = base64.b64encode(stored[index]).decode("ascii")
+            cast.append(await asyncio.to_thread(own_page_as_prev_frame, png, **limits))
+    return cast
 
 
 class StoreLost(Exception):
@@ -206,13 +340,16 @@ async def draw_book(store, book_id: str, drawer: PageDrawer, replica: str) -> No
         book = BookRequest.model_validate_json(await patiently(retry_s, store.job, book_id))
         limits = drawer.settings.image_limits
         prev_frame = book.first_frame
+        cast = await book_cast(store, book_id, drawer, book, retry_s)
+        if cast is None:
+            return
         if record.done:
             last = await patiently(retry_s, store.png, book_id, record.done - 1)
             prev_frame = await asyncio.to_thread(own_page_as_prev_frame, base64.b64encode(last).decode(), **limits)
         for index in range(record.done, len(book.pages)):
             page = book.pages[index]
             try:
-                output = await _draw_page(drawer, book, page, PagePictures(prev_frame, book.characters))
+                output = await _draw_page(drawer, book, page, PagePictures(prev_frame, cast))
             except Overloaded as error:
                 failure = PageFailure(index=index, kind="overloaded", error=str(error))
                 await patiently(retry_s, store.finish, book_id, "failed", failure.model_dump())

@@ -20,6 +20,8 @@ import asyncio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import JSONResponse
 
+from pipeline.page import Quality
+
 from .drawing import Overloaded, PageDrawer, PagePictures
 from .errors import overloaded, page_error
 from .schemas import GenerateRequest, PageSettings, _nullable_in_openapi, seed_field
@@ -46,8 +48,9 @@ MAX_STYLE_CHARS = 200
 NO_PICTURES = PagePictures(prev_frame=None, characters=[])
 
 
-class PortraitRequest(PageSettings):
-    """One character described in words; drawn at the page size unless `width`/`height` say otherwise."""
+class CharacterDescription(BaseModel):
+    """One character in words: what `POST /character` draws, and a book's `characters` entry `{name, description,
+    seed?}` (drawn by the book, at its page size, before its pages)."""
 
     # As the page schemas: unknown fields ignored; fields that take null marked `nullable` in the OpenAPI document.
     model_config = ConfigDict(extra="ignore", json_schema_extra=_nullable_in_openapi)
@@ -87,6 +90,17 @@ class PortraitRequest(PageSettings):
         return text.strip() if text is not None and text.strip() else None
 
 
+class PortraitRequest(PageSettings, CharacterDescription):
+    """One character described in words; drawn at the page size unless `width`/`height` say otherwise."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_nullable_in_openapi)
+
+    @classmethod
+    def in_book(cls, settings: PageSettings, member: CharacterDescription) -> PortraitRequest:
+        """A book's described member as the portrait it is, with the book's drawing settings (both checked)."""
+        return cls.model_construct(**settings.page_settings(), **member.model_dump())
+
+
 class PortraitResponse(BaseModel):
     img: str = Field(..., description="The portrait, base64 PNG at the page size: send it as a character picture.")
     seed: int = Field(..., description="The seed it was drawn with (send it back to draw the same portrait again).")
@@ -119,11 +133,14 @@ def portrait_texts(request: PortraitRequest, at: str = "") -> list[tuple[str, st
     return [(f"{at}description", request.description), (f"{at}name", request.name), (f"{at}style", request.style)]
 
 
-async def draw_portraits(drawer: PageDrawer, requests: list[PortraitRequest]) -> list[PageAnswer]:
+async def draw_portraits(
+    drawer: PageDrawer, requests: list[PortraitRequest], quality: Quality = Quality.final
+) -> list[PageAnswer]:
     """Checked portraits, all at once through the batcher (one diffusion call when they fit in a batch). Raises
     Overloaded as PageDrawer.draw does; a portrait that failed has its `error_kind` set."""
     pages = [portrait_page(request) for request in requests]
-    return list(await asyncio.gather(*(drawer.page(page, page.prompt, page.seed, NO_PICTURES) for page in pages)))
+    drawn = (drawer.page(page, page.prompt, page.seed, NO_PICTURES, quality) for page in pages)
+    return list(await asyncio.gather(*drawn))
 
 
 async def character_portrait(drawer: PageDrawer, request: PortraitRequest) -> PortraitResponse | JSONResponse:

@@ -47,7 +47,7 @@ class PagePictures:
 
 def checked_pictures(
     prev_frame: str | None,
-    characters: list[str],
+    characters: list[str | None],
     limits: dict,
     prev_field: str = "prev_frame",
     schema: str = "GenerateRequest",
@@ -55,7 +55,10 @@ def checked_pictures(
     """Untrusted pictures through the one untrusted decoder, once; a bad one is a 400 naming its field."""
     try:
         prev = normalised_png(prev_frame, prev_field, limits) if prev_frame else None
-        cast = [normalised_png(c, f"characters[{i}]", limits) for i, c in enumerate(characters)]
+        # None: a place in a book's cast whose picture the book draws itself (a described member)
+        cast = [
+            normalised_png(c, f"characters[{i}]", limits) if c is not None else None for i, c in enumerate(characters)
+        ]
     except ImageInputError as error:
         raise field_error(error, schema) from None
     return PagePictures(prev, cast)
@@ -130,10 +133,13 @@ class PageDrawer:
         except Exception as error:  # the model may be gone too; its deadline check still stops the page
             log.warning("could not tell the model service that job %s was abandoned: %r", job.job_id, error)
 
-    async def page(self, page: Page, prompt: str, seed: int | None, pictures: PagePictures) -> PageAnswer:
+    async def page(
+        self, page: Page, prompt: str, seed: int | None, pictures: PagePictures, quality: Quality = Quality.final
+    ) -> PageAnswer:
         """A checked page with checked pictures, through the batcher, with its deadline from now."""
         deadline = time.time() + self.settings.request_timeout_s
-        return await self.draw(page_job(page, prompt, seed, pictures, deadline, self.settings.safe_negative_prompt))
+        safe_negative = self.settings.safe_negative_prompt
+        return await self.draw(page_job(page, prompt, seed, pictures, deadline, safe_negative, quality))
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse | JSONResponse:
         refused = await self.prompts.refusal([("prompt", request.prompt)])  # before any model work; negatives are free

@@ -1,4 +1,5 @@
-"""A picture book as a printable PDF, with reportlab: a cover, then one page per picture with its text beneath.
+"""A picture book as a printable PDF, with reportlab: a cover, then one page per picture with its text beneath,
+and, for a book with characters described in words, a last page "The cast" (each member's picture and name).
 
 Square pages of 210 mm (a common picture-book format; 8.27 in). Pictures are embedded losslessly (reportlab
 compresses their pixels with Flate, never JPEG), so the print is as sharp as the PNG. Text is set in a large font:
@@ -73,8 +74,41 @@ def _picture(canvas: Canvas, picture: Image.Image, side: float, top: float) -> N
     canvas.drawImage(ImageReader(picture), (PAGE_SIDE - width) / 2, top - height, width, height)
 
 
-def render_book_pdf(title: str, pages: list[BookPage]) -> bytes:
-    """The book as PDF bytes: a cover (title and the first picture), then each picture with its text."""
+@dataclass(frozen=True)
+class CastMember:
+    picture: Image.Image
+    name: str
+
+
+CAST_TITLE = "The cast"
+
+
+def _cast_page(canvas: Canvas, cast: list[CastMember]) -> None:
+    """The last page: "The cast", then each member's picture with its name beneath, in a grid of up to 2 columns."""
+    _text(canvas, CAST_TITLE, TITLE_SIZE, PAGE_SIDE - MARGIN)
+    top = PAGE_SIDE - MARGIN - 2.2 * TITLE_SIZE
+    columns = 1 if len(cast) == 1 else 2
+    rows = (len(cast) + columns - 1) // columns
+    cell_width = (PAGE_SIDE - 2 * MARGIN) / columns
+    cell_height = (top - MARGIN) / rows
+    side = min(cell_width - 6 * mm, cell_height - 1.6 * TEXT_SIZE - 4 * mm)
+    for number, member in enumerate(cast):
+        row, column = divmod(number, columns)
+        centre = MARGIN + cell_width * (column + 0.5)
+        cell_top = top - row * cell_height
+        scale = side / max(member.picture.size)
+        width, height = member.picture.width * scale, member.picture.height * scale
+        canvas.drawImage(ImageReader(member.picture), centre - width / 2, cell_top - height, width, height)
+        style = _style(member.name, TEXT_SIZE)
+        paragraph = Paragraph(escape(member.name), style)
+        _, text_height = paragraph.wrap(cell_width, 2 * TEXT_SIZE)
+        paragraph.drawOn(canvas, centre - cell_width / 2, cell_top - height - 2 * mm - text_height)
+    canvas.showPage()
+
+
+def render_book_pdf(title: str, pages: list[BookPage], cast: list[CastMember] | None = None) -> bytes:
+    """The book as PDF bytes: a cover (title and the first picture), then each picture with its text, then (when
+    `cast` is given) a last page "The cast" with each member's picture and name."""
     buffer = io.BytesIO()
     canvas = Canvas(buffer, pagesize=(PAGE_SIDE, PAGE_SIDE), pageCompression=1)
     canvas.setTitle(title or "Picture book")
@@ -90,5 +124,7 @@ def render_book_pdf(title: str, pages: list[BookPage]) -> bytes:
         if page.text:
             _text(canvas, page.text, TEXT_SIZE, PAGE_SIDE - MARGIN - PICTURE_SIDE - 6 * mm)
         canvas.showPage()
+    if cast:
+        _cast_page(canvas, cast)
     canvas.save()
     return buffer.getvalue()

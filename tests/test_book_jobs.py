@@ -5,12 +5,14 @@ finishing it with the same pages, restarts, cancel, the per-replica limit, and R
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 import requests
 from pypdf import PdfReader
 
-from testkit.pictures import picture, png_b64, psnr
+from testkit.pictures import picture, png_b64, png_from_b64, psnr
 from testkit.server import bentoml_serve, free_port, metric
 
 HEARTBEAT_S = 2
@@ -212,6 +214,100 @@ def test_the_embedded_default_cancels_and_holds_its_limit(embedded):
     assert submit(embedded.url, book(pages=1)).status_code == 202  # the slot came back
 
 
+def book_pngs(url: str, book_id: str, pages: int) -> list[bytes]:
+    return [requests.get(f"{url}/books/{book_id}/pages/{k}.png", timeout=30).content for k in range(pages)]
+
+
+def same_as_generate(url: str, body: dict, state: dict, pngs: list[bytes], **extra) -> None:
+    """Each page of a finished book equals /generate with its seed, the book's settings and cast, and the page
+    before as `prev_frame` (>= 60 dB)."""
+    for index, png in enumerate(pngs):
+        request = {
+            "prompt": body["pages"][index]["text"],
+            "seed": state["seeds"][index],
+            "characters": body["characters"],
+            "prev_frame": base64.b64encode(pngs[index - 1]).decode() if index else None,
+            "quality": state["quality"],
+            **TINY,
+            **extra,
+        }
+        single = requests.post(f"{url}/generate", json=request, timeout=120)
+        assert single.status_code == 200, single.text
+        assert psnr(from_png(png), png_from_b64(single.json()["img"])) >= 60, index
+
+
+def test_a_draft_book_made_final_keeps_its_seeds_and_each_page_is_generate(embedded):
+    body = book(pages=2, title="Draft first", quality="draft")
+    del body["pages"][1]["seed"]  # drawn at submit, reported by the status, kept by the final book
+    answer = submit(embedded.url, body)
+    assert answer.status_code == 202, answer.text
+    draft_id = answer.json()["id"]
+    draft = wait_until(embedded.url, draft_id, finished)
+    assert draft["status"] == "completed" and draft["quality"] == "draft", draft
+    made_final = requests.post(f"{embedded.url}/books/{draft_id}/final", json={}, timeout=120)
+    assert made_final.status_code == 202, made_final.text
+    final_id = made_final.json()["id"]
+    assert final_id != draft_id and made_final.headers["location"] == f"/books/{final_id}"
+    final = wait_until(embedded.url, final_id, finished)
+    assert final["status"] == "completed" and final["quality"] == "final", final
+    assert final["seeds"] == draft["seeds"] and final["title"] == "Draft first"
+    drafted, finished_pngs = book_pngs(embedded.url, draft_id, 2), book_pngs(embedded.url, final_id, 2)
+    for sketch, page in zip(drafted, finished_pngs):
+        assert psnr(from_png(sketch), from_png(page)) < 25, "a draft page is not its final page"
+    same_as_generate(embedded.url, body, draft, drafted)
+    same_as_generate(embedded.url, body, final, finished_pngs)
+    assert requests.post(f"{embedded.url}/books/nope/final", json={}, timeout=10).status_code == 404
+
+
+PIP = {"name": "Pip", "description": "a small red fox with a blue scarf"}
+
+
+def test_a_book_draws_its_described_character_once_and_uses_it_on_every_page(embedded):
+    pictured = png_b64(picture(2, (64, 64)))
+    body = book(pages=2, title="Pip and the kite", characters=[PIP, pictured])  # Pip's seed: fixed at submit
+    drawn_before = metric(embedded.url, "bentoml_service_adaptive_batch_size_sum", method_name="draw")
+    answer = submit(embedded.url, body)
+    assert answer.status_code == 202, answer.text
+    book_id = answer.json()["id"]
+    state = wait_until(embedded.url, book_id, finished)
+    assert state["status"] == "completed", state
+    drawn = metric(embedded.url, "bentoml_service_adaptive_batch_size_sum", method_name="draw") - drawn_before
+    assert drawn == 3, "one portrait, then two pages: the portrait is drawn once"
+    [member] = state["cast"]
+    assert {k: member[k] for k in ("index", "name", "description")} == {"index": 0, **PIP}
+    assert member["url"] == f"/books/{book_id}/cast/0.png" and isinstance(member["seed"], int)
+    portrait_png = requests.get(f"{embedded.url}{member['url']}", timeout=30)
+    assert portrait_png.status_code == 200 and portrait_png.headers["content-type"] == "image/png"
+    assert requests.get(f"{embedded.url}/books/{book_id}/cast/1.png", timeout=10).status_code == 404  # a picture
+    # The portrait is POST /character's with that seed at the book's settings, and every page is /generate with it
+    # as character 1 (the uploaded picture as character 2).
+    alone = requests.post(f"{embedded.url}/character", json={**PIP, "seed": member["seed"], **TINY}, timeout=120)
+    assert alone.status_code == 200, alone.text
+    assert psnr(from_png(portrait_png.content), png_from_b64(alone.json()["img"])) >= 60
+    as_pictures = {**body, "characters": [base64.b64encode(portrait_png.content).decode(), pictured]}
+    same_as_generate(embedded.url, as_pictures, state, book_pngs(embedded.url, book_id, 2))
+    # The PDF ends with the cast; the first routes give the portrait in the result.
+    pdf = PdfReader(io.BytesIO(requests.get(f"{embedded.url}/books/{book_id}/pdf", timeout=60).content))
+    assert len(pdf.pages) == 4, "cover, two pages, the cast"
+    last = pdf.pages[-1].extract_text()
+    assert "The cast" in last and "Pip" in last and "Character 2" in last, last
+    old = requests.get(f"{embedded.url}/book/get", params={"task_id": book_id}, timeout=60).json()
+    assert [c["name"] for c in old["cast"]] == ["Pip"] and base64.b64decode(
+        old["cast"][0]["img"]
+    ) == portrait_png.content
+    assert len(PdfReader(io.BytesIO(base64.b64decode(old["pdf"]))).pages) == 4
+
+
+def test_a_refused_or_bad_description_in_a_book_names_its_field(embedded):
+    refused = submit(
+        embedded.url, book(pages=1, characters=[png_b64(picture(2, (64, 64))), {"description": "a n.u.d.e princess"}])
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["kind"] == "content_refused" and refused.json()["field"] == "characters[1].description"
+    bad = submit(embedded.url, book(pages=1, characters=[{"name": "Pip", "description": "  "}]))
+    assert bad.status_code == 400 and bad.json()["detail"][0]["field"] == "characters[0].description", bad.text
+
+
 def test_the_readme_books_commands_run_as_written(embedded, tmp_path):
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     script = re.search(r"```bash\n(.+?)\n```", readme.split("#### `/books`", 1)[1], re.S).group(1)
@@ -223,6 +319,27 @@ def test_the_readme_books_commands_run_as_written(embedded, tmp_path):
     assert run.stdout.strip().endswith("completed"), run.stdout
     assert from_png((tmp_path / "page0.png").read_bytes()).size == (256, 256)
     assert len(PdfReader(tmp_path / "book.pdf").pages) == 3
+
+
+def test_the_readme_book_from_words_alone_runs_as_written(embedded, tmp_path):
+    """README, "A book from words alone": the curl commands and the Python, each against the embedded server."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("#### A book from words alone", 1)[1].split("\n### ", 1)[0]
+    script = re.search(r"```bash\n(.+?)\n```", section, re.S).group(1)
+    assert "base64" not in script and "description" in script, "a cast in words, no picture sent"
+    script = script.replace("localhost:8000", embedded.url.removeprefix("http://"))
+    run = subprocess.run(["bash", "-ec", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "completed" and [c["name"] for c in summary["cast"]] == ["Pip"]
+    assert summary["cast"][0]["seed"] == 7 and from_png((tmp_path / "pip.png").read_bytes()).size == (256, 256)
+    pdf = PdfReader(tmp_path / "pip-and-the-kite.pdf")
+    assert len(pdf.pages) == 4 and "The cast" in pdf.pages[-1].extract_text()
+    python = re.search(r"```python\n(.+?)\n```", section, re.S).group(1)
+    python = python.replace("http://localhost:8000", embedded.url)
+    run = subprocess.run([sys.executable, "-c", python], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.startswith("completed ") and len(PdfReader(tmp_path / "pip-and-the-kite.pdf").pages) == 4
 
 
 # -- two replicas on one Redis --------------------------------------------------------------------------------------
@@ -282,6 +399,31 @@ def test_a_replica_killed_mid_book_and_the_other_finishes_it_with_the_same_pages
     for index in range(6):
         png = requests.get(f"{survivor.url}/books/{book_id}/pages/{index}.png", timeout=30).content
         assert psnr(from_png(png), from_png(reference[index])) >= 60, index
+    victim.start()
+
+
+def test_a_resumed_book_reuses_its_stored_portrait(cluster):
+    """A book with a described member, its replica SIGKILLed mid-book: the other replica continues from the
+    checkpoint, portrait included, and never draws the portrait again (its draws are the pages left, no more)."""
+    answer = submit(cluster[0].url, book(characters=[PIP, png_b64(picture(2, (64, 64)))], title="Pip resumed"))
+    assert answer.status_code == 202, answer.text
+    book_id = answer.json()["id"]
+    state = wait_until(cluster[0].url, book_id, lambda s: s["pages_done"] >= 2)
+    victim = drawing_replica(cluster, state)
+    survivor = next(r for r in cluster if r is not victim)
+    portrait = requests.get(f"{survivor.url}/books/{book_id}/cast/0.png", timeout=30).content
+    drawn_before = metric(survivor.url, "bentoml_service_adaptive_batch_size_sum", method_name="draw")
+    victim.kill()
+    done_at_kill = status(survivor.url, book_id)["pages_done"]
+    final = wait_until(survivor.url, book_id, finished)
+    assert final["status"] == "completed" and survivor.runs(final["replica"]), final
+    drawn = metric(survivor.url, "bentoml_service_adaptive_batch_size_sum", method_name="draw") - drawn_before
+    assert drawn == 6 - done_at_kill, "the pages left, and no portrait"
+    assert final["cast"] == state["cast"] and len(final["cast"]) == 1
+    assert requests.get(f"{survivor.url}/books/{book_id}/cast/0.png", timeout=30).content == portrait
+    pages = book_pngs(survivor.url, book_id, 6)
+    as_pictures = book(characters=[base64.b64encode(portrait).decode(), png_b64(picture(2, (64, 64)))])
+    same_as_generate(survivor.url, as_pictures, final, pages)
     victim.start()
 
 
