@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import tempfile
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import requests
 
-from bench.common import median, progress, rounded
+from bench.common import median, progress, rounded, write_and_show
 from bench.served import prepare_store
 from testkit.pictures import PROMPTS, picture, png_b64
 from testkit.redis import RedisServer
@@ -125,9 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
             "redis_one_finished_book": memory,
         }
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "books.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
+    write_and_show(result, args.out, "books.json")
     return result
 
 

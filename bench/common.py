@@ -1,10 +1,12 @@
-"""Progress on stderr and small statistics."""
+"""Progress on stderr, small statistics, and a bench's result written and shown."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 _STARTED = time.monotonic()
 
@@ -32,3 +34,10 @@ def rounded(value, digits: int = 3):
     if isinstance(value, list):
         return [rounded(item, digits) for item in value]
     return value
+
+
+def write_and_show(result: dict, out: Path, name: str) -> None:
+    """The whole result as out/name; on stdout, everything but the per-round figures."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))

@@ -9,14 +9,13 @@ that portrait as its character. Reports the median wall time of each and the mod
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import requests
 
-from bench.common import median, progress, rounded
+from bench.common import median, progress, rounded, write_and_show
 from bench.served import prepare_store
 from testkit.server import bentoml_serve, free_port
 
@@ -73,9 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         prepare_store(Path(home))
         with bentoml_serve(Path(home) / "serve.log", Path(home), free_port()) as (url, _):
             result = measure(url, args.rounds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "portrait.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
+    write_and_show(result, args.out, "portrait.json")
     return result
 
 
