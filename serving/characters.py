@@ -24,7 +24,7 @@ from pipeline.page import Quality
 
 from .drawing import Overloaded, PageDrawer, PagePictures
 from .errors import overloaded, page_error
-from .schemas import GenerateRequest, PageSettings, _nullable_in_openapi, seed_field
+from .schemas import GenerateRequest, PageSettings, nullable_in_openapi, seed_field
 from .wire import PageAnswer
 
 # What the picture must be, and why (README, "Characters from words"): the whole figure, so the face adapter and
@@ -53,7 +53,7 @@ class CharacterDescription(BaseModel):
     seed?}` (drawn by the book, at its page size, before its pages)."""
 
     # As the page schemas: unknown fields ignored; fields that take null marked `nullable` in the OpenAPI document.
-    model_config = ConfigDict(extra="ignore", json_schema_extra=_nullable_in_openapi)
+    model_config = ConfigDict(extra="ignore", json_schema_extra=nullable_in_openapi)
 
     description: str = Field(
         ...,
@@ -93,7 +93,7 @@ class CharacterDescription(BaseModel):
 class PortraitRequest(PageSettings, CharacterDescription):
     """One character described in words; drawn at the page size unless `width`/`height` say otherwise."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra=_nullable_in_openapi)
+    model_config = ConfigDict(extra="ignore", json_schema_extra=nullable_in_openapi)
 
     @classmethod
     def in_book(cls, settings: PageSettings, member: CharacterDescription) -> PortraitRequest:

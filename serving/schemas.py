@@ -47,7 +47,7 @@ def _side(axis: str):
     )
 
 
-def _nullable_in_openapi(schema: dict) -> None:
+def nullable_in_openapi(schema: dict) -> None:
     """OpenAPI 3.0 (BentoML's) has no `null` type; BentoML drops it from `anyOf`, so mark the fields that take
     null as `nullable`."""
     for prop in schema.get("properties", {}).values():
@@ -59,7 +59,7 @@ class Cast(BaseModel):
     """The characters of a page or a book, and where each goes."""
 
     # Unknown fields are ignored, not refused: clients written against a later or earlier contract keep working.
-    model_config = ConfigDict(extra="ignore", json_schema_extra=_nullable_in_openapi)
+    model_config = ConfigDict(extra="ignore", json_schema_extra=nullable_in_openapi)
 
     characters: list[str] = Field(
         default_factory=list,
