@@ -75,6 +75,11 @@ class Books:
             book, pictures = await asyncio.to_thread(check_book, body, self.settings.image_limits)
         except ValidationError as error:
             return None, errors.invalid_fields(error)
+        try:  # a full house is told so before the moderation model reads the whole book
+            if not await self.store.has_room():
+                return None, self._full()
+        except StoreUnavailable as error:
+            return None, errors.store_unavailable(str(error), self.settings.retry_after_s)
         refused = await self.prompts.refusal(book.texts())
         if refused is not None:
             return None, refused
@@ -90,13 +95,16 @@ class Books:
         job = await asyncio.to_thread(stored_job, book, pictures)
         try:
             if not await self.store.reserve(book_id, record, job):
-                where = "in this replica" if self.redis_url is None else "in every replica"
-                message = f"every book slot is taken ({where}, {self.settings.max_books} per replica); retry later"
-                return None, errors.too_many(message, self.settings.retry_after_s)
+                return None, self._full()
             await self._enqueue(book_id)
         except StoreUnavailable as error:
             return None, errors.store_unavailable(str(error), self.settings.retry_after_s)
         return book_id, None
+
+    def _full(self):
+        where = "in this replica" if self.redis_url is None else "in every replica"
+        message = f"every book slot is taken ({where}, {self.settings.max_books} per replica); retry later"
+        return errors.too_many(message, self.settings.retry_after_s)
 
     async def final(self, book_id: str):
         """Make final: a new book from a stored one's request, its seeds as fixed at submit and `quality: final`,

@@ -86,10 +86,13 @@ class MemoryStore:
     async def ping(self) -> None:
         return None
 
-    async def reserve(self, book_id: str, record: Record, job: str) -> bool:
+    async def has_room(self) -> bool:
+        """Whether a book submitted now would find a slot (`reserve` decides)."""
         self._get("")  # drop expired books
-        unfinished = sum(1 for b in self._books.values() if b.record.status not in FINAL)
-        if unfinished >= self.capacity:
+        return sum(1 for b in self._books.values() if b.record.status not in FINAL) < self.capacity
+
+    async def reserve(self, book_id: str, record: Record, job: str) -> bool:
+        if not await self.has_room():
             return False
         self._books[book_id] = _Book(record, job, time.time() + self.retention_s)
         return True
@@ -180,22 +183,37 @@ UNFINISHED = PREFIX + "unfinished"  # sorted set: book id -> submit time
 REPLICAS = PREFIX + "replicas"  # sorted set: replica -> when it is taken for gone
 SLOTS = PREFIX + "slots"  # hash: replica -> its PICTUREBOOK_MAX_BOOKS
 
-# KEYS: unfinished, replicas, slots, record, job. ARGV: now, id, ttl, record fields as JSON, job.
-_RESERVE = """
+# Whether every slot is taken: the live replicas' slots against the books unfinished (both pruned first).
+# KEYS: unfinished, replicas, slots. ARGV: now, ttl (a book unfinished for longer than the retention is gone).
+_FULL = """
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
 local capacity = 0
 for _, replica in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   capacity = capacity + tonumber(redis.call('HGET', KEYS[3], replica) or '0')
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[3]))
-if redis.call('ZCARD', KEYS[1]) >= capacity then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-local fields = cjson.decode(ARGV[4])
-for name, value in pairs(fields) do redis.call('HSET', KEYS[4], name, value) end
-redis.call('EXPIRE', KEYS[4], ARGV[3])
-redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
+local full = redis.call('ZCARD', KEYS[1]) >= capacity
+"""
+_HAS_ROOM = (
+    _FULL
+    + """
+if full then return 0 end
 return 1
 """
+)
+# KEYS: unfinished, replicas, slots, record, job. ARGV: now, ttl, id, record fields as JSON, job.
+_RESERVE = (
+    _FULL
+    + """
+if full then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
+local fields = cjson.decode(ARGV[4])
+for name, value in pairs(fields) do redis.call('HSET', KEYS[4], name, value) end
+redis.call('EXPIRE', KEYS[4], ARGV[2])
+redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[2])
+return 1
+"""
+)
 # KEYS: record. ARGV: replica.
 _CLAIM = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -259,6 +277,7 @@ class RedisStore:
         self.redis = redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.retention_s = int(retention_s)
         self._reserve = self.redis.register_script(_RESERVE)
+        self._has_room = self.redis.register_script(_HAS_ROOM)
         self._claim = self.redis.register_script(_CLAIM)
         self._checkpoint = self.redis.register_script(_CHECKPOINT)
         self._finish = self.redis.register_script(_FINISH)
@@ -298,8 +317,13 @@ class RedisStore:
             "finished": 0,
         }
         keys = [UNFINISHED, REPLICAS, SLOTS, *_keys(book_id)[:2]]
-        args = [time.time(), book_id, self.retention_s, json.dumps(fields), job]
+        args = [time.time(), self.retention_s, book_id, json.dumps(fields), job]
         return bool(await self._call(self._reserve(keys=keys, args=args)))
+
+    async def has_room(self) -> bool:
+        """Whether a book submitted now would find a slot (`reserve` decides, atomically)."""
+        keys, args = [UNFINISHED, REPLICAS, SLOTS], [time.time(), self.retention_s]
+        return bool(await self._call(self._has_room(keys=keys, args=args)))
 
     async def record(self, book_id: str) -> Record | None:
         fields = await self._call(self.redis.hgetall(_keys(book_id)[0]))

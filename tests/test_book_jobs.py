@@ -5,6 +5,7 @@ finishing it with the same pages, restarts, cancel, the per-replica limit, and R
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -521,6 +522,32 @@ def test_redis_stopped_submit_is_503_and_generate_still_draws(cluster, redis_ser
         assert ready.status_code == 200 and ready.headers["x-picturebook-books"].startswith("unavailable")
     finally:
         redis_server.start()
+
+
+# -- the stores themselves ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_store_says_it_is_full_before_a_book_is_read_and_reserves_atomically(kind, redis_server):
+    """`has_room` (asked before the moderation model reads a book) and `reserve` agree: one slot, one book; a
+    finished book gives its slot back; in Redis the slots are those of the replicas announced and alive."""
+    from serving.book_store import MemoryStore, Record, RedisStore
+
+    async def check():
+        own_database = redis_server.url.rsplit("/", 1)[0] + "/3"  # not the replicas' database 0
+        store = MemoryStore(capacity=1, retention_s=60) if kind == "memory" else RedisStore(own_database, 60)
+        if kind == "redis":
+            await store.redis.flushdb()
+            assert not await store.has_room(), "no replica announced: no slot"
+            await store.announce("replica-1", slots=1, alive_s=60)
+        record = Record(status="queued", done=0, total=1, created=time.time(), info={})
+        assert await store.has_room() and await store.reserve("one", record, "{}")
+        assert not await store.has_room() and not await store.reserve("two", record, "{}")
+        await store.finish("one", "canceled", None)
+        assert await store.has_room() and await store.reserve("two", record, "{}")
+        await store.close()
+
+    asyncio.run(check())
 
 
 # -- the benchmark, at its fastest: one round of one-page books ------------------------------------------------------
