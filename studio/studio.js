@@ -1,6 +1,8 @@
 // Picture Book Studio: make a book in the browser with the service's own routes: a whole book through
 // `POST /books` and its event stream, one page redrawn through `POST /generate`, characters from words through
 // `POST /character`, the PDF from `GET /books/{id}/pdf` (or `POST /book/pdf` once pages were redrawn one by one).
+// "Draft the book" draws it with `"quality": "draft"` (a few steps a page); "Final pages" draws the drafts again in
+// full with the same seeds: `POST /books/{id}/final` when the drafts shown are that book's, else a new `POST /books`.
 //
 // The server keeps no session for the studio: a book is a job every replica answers for (its events resume on any
 // replica from the last one seen), and a page redrawn alone carries the page before it as `prev_frame`.
@@ -27,7 +29,7 @@ const state = {
   pages: [], // see newPage()
   nextId: 1,
   busy: null, // the AbortController of the drawing or PDF task in progress
-  book: null, // the book being drawn, or the last one: {id, url, title}
+  book: null, // the book being drawn, or the last one: {id, url, title, quality}
   afterKey: null, // what to do again once an API key is given
   note: null, // what the running or last task says, before the count of pages drawn
   portrait: null, // the portrait drawn from a description and not kept yet: {b64, seed, description, name, version}
@@ -52,6 +54,7 @@ function newPage() {
     version: 0, // bumped at each drawing, so the next page knows its prev_frame changed
     drawnWith: null, // inputsOf() at the time of drawing
     drawnIn: null, // {book, text}: the book (id) that drew this picture and the text it was given, or null
+    quality: null, // what the picture shown was drawn as: "final" or "draft"
     error: "",
     drawing: false,
     waiting: false, // in the book being drawn, after the page being drawn
@@ -326,6 +329,8 @@ async function drawPage(index, signal, { newSeed = false } = {}) {
     return false;
   }
   const body = { prompt: inputs.prompt, characters: state.cast.map((character) => character.b64) };
+  const quality = qualityAt(index);
+  if (quality === "draft") body.quality = quality;
   if (prev) body.prev_frame = prev.img;
   if (state.cast.length >= 2) body.regions = regionsFor(state.cast.length);
   const seed = newSeed ? randomSeed(page.usedSeed) : chosenSeed(page);
@@ -335,7 +340,7 @@ async function drawPage(index, signal, { newSeed = false } = {}) {
   renderBook();
   try {
     const answer = await (await postJson(GENERATE_URL, body, signal)).json();
-    Object.assign(page, { img: answer.img, usedSeed: answer.seed, drawnWith: inputs, drawnIn: null });
+    Object.assign(page, { img: answer.img, usedSeed: answer.seed, drawnWith: inputs, drawnIn: null, quality });
     page.version += 1;
     return true;
   } catch (error) {
@@ -350,11 +355,22 @@ async function drawPage(index, signal, { newSeed = false } = {}) {
   }
 }
 
-// Draws, as one book (`POST /books`), every page from the first one at or after `from` that is not drawn or out
-// of date, to the end of the book (redrawing a page puts the next one out of date): the page before it, if any,
-// goes as the book's `first_frame`. Each page is shown as its event arrives.
-async function drawFrom(from, signal) {
-  const first = state.pages.findIndex((_, i) => i >= from && !isUpToDate(i));
+// The quality a page is drawn again in when nothing says otherwise: the one its picture has, else the page
+// before's (a draft book stays a draft), else final.
+function qualityAt(index) {
+  const page = state.pages[index];
+  const prev = state.pages[index - 1];
+  return page.quality || (prev && prev.quality) || "final";
+}
+
+// Draws, as one book (`POST /books`, in `quality`), every page from the first one at or after `from` that is not
+// drawn or out of date (or, with `replaceDrafts`, a draft), to the end of the book (redrawing a page puts the next
+// one out of date): the page before it, if any, goes as the book's `first_frame`. Each page is shown as its event
+// arrives. Final pages for exactly the draft book shown are asked of the server as that book's
+// `POST /books/{id}/final`: the same stored request, seeds and all.
+async function drawFrom(from, signal, { quality = "final", replaceDrafts = false } = {}) {
+  const redraw = (page, i) => !isUpToDate(i) || (replaceDrafts && page.quality !== "final");
+  const first = state.pages.findIndex((page, i) => i >= from && redraw(page, i));
   if (first < 0) return setProgressText(null);
   const run = state.pages.slice(first);
   const total = state.pages.length;
@@ -378,17 +394,22 @@ async function drawFrom(from, signal) {
   };
   if (first > 0) body.first_frame = state.pages[first - 1].img;
   if (state.cast.length >= 2) body.regions = regionsFor(state.cast.length);
+  if (quality === "draft") body.quality = quality;
+  const shown = bookShown();
+  const makeFinal = replaceDrafts && first === 0 && shown !== null && shown.quality === "draft";
+  const drawing = quality === "draft" ? "Drafting" : "Drawing";
   const inputs = run.map((page) => ({ prompt: promptOf(page), seed: page.seed.trim(), cast: state.castVersion }));
   const before = first > 0 ? state.pages[first - 1] : null;
 
   run[0].drawing = true;
   for (const page of run.slice(1)) page.waiting = true;
-  setProgressText(`Drawing page ${first + 1} of ${total}…`);
+  setProgressText(`${drawing} page ${first + 1} of ${total}…`);
   renderBook();
   let book;
   try {
-    const answer = await (await postJson(BOOKS_URL, body, signal)).json();
-    book = { id: answer.id, url: new URL(`..${answer.url}`, document.baseURI), title: body.title };
+    const submitted = makeFinal ? postJson(`${shown.url}/final`, {}, signal) : postJson(BOOKS_URL, body, signal);
+    const answer = await (await submitted).json();
+    book = { id: answer.id, url: new URL(`..${answer.url}`, document.baseURI), title: body.title, quality };
   } catch (error) {
     run[0].drawing = false;
     for (const page of run) page.waiting = false;
@@ -411,13 +432,14 @@ async function drawFrom(from, signal) {
         const img = await fetchPng(new URL(`..${event.data.url}`, document.baseURI), signal);
         const prev = event.data.index > 0 ? run[event.data.index - 1] : before;
         const drawnWith = { ...inputs[event.data.index], prev: prev ? `${prev.id}:${prev.version}` : "" };
-        Object.assign(page, { img, usedSeed: event.data.seed, drawnWith, drawing: false, waiting: false, error: "" });
+        Object.assign(page, { img, usedSeed: event.data.seed, drawnWith, quality, drawing: false, waiting: false });
+        page.error = "";
         page.drawnIn = { book: book.id, index: first + event.data.index, text: sent[event.data.index].text };
         page.version += 1;
         index = event.data.index + 1;
         if (index < run.length) {
           Object.assign(run[index], { drawing: true, waiting: false });
-          setProgressText(`Drawing page ${first + index + 1} of ${total}…`);
+          setProgressText(`${drawing} page ${first + index + 1} of ${total}…`);
         }
         renderBook();
       } else if (event.type === "end") {
@@ -887,6 +909,9 @@ function renderCard(card, page, index) {
   $(".slot-note", card).textContent = page.drawing ? "Drawing…" : page.img ? "" : waiting;
   $(".card-number", card).textContent = `Page ${n}`;
   $(".card-seed", card).textContent = page.usedSeed !== null && page.img ? `· seed ${page.usedSeed}` : "";
+  const draft = page.img !== null && page.quality === "draft";
+  $(".card-quality", card).textContent = draft ? "· draft" : "";
+  card.classList.toggle("draft", draft);
   $(".card-text", card).textContent = page.text;
 
   const reason = staleReason(index);
@@ -917,6 +942,12 @@ function renderControls() {
   const allDrawn = state.pages.every((page) => page.img);
   $("#draw").disabled = busy;
   $("#draw").textContent = state.pages.some((page) => page.img) && !allDrawn ? "Draw the rest" : "Draw the book";
+  // With drafts shown, "Final pages" takes the place of "Draw the book" (which would leave drawn drafts as they are).
+  const drafted = state.pages.some((page) => page.img && page.quality === "draft");
+  $("#draw").hidden = drafted;
+  $("#final").hidden = !drafted;
+  $("#final").disabled = busy;
+  $("#draft").disabled = busy;
   $("#stop").disabled = !busy;
   $("#stop").textContent = state.drawingBook ? "Cancel the book" : "Stop";
   $("#download-pdf").disabled = busy || !allDrawn;
@@ -932,8 +963,11 @@ function progressSummary() {
   const upToDate = state.pages.filter((_, i) => isUpToDate(i)).length;
   const outOfDate = state.pages.filter((page, i) => page.img && !isUpToDate(i)).length;
   if (upToDate === 0 && outOfDate === 0) return "Nothing drawn yet.";
-  const stale = outOfDate ? ` (${outOfDate} out of date)` : "";
-  return `${upToDate} of ${total} pages drawn${stale}.`;
+  const drafts = state.pages.filter((page) => page.img && page.quality === "draft").length;
+  const notes = [];
+  if (outOfDate) notes.push(`${outOfDate} out of date`);
+  if (drafts) notes.push(`${drafts} draft${drafts === 1 ? "" : "s"}`);
+  return `${upToDate} of ${total} pages drawn${notes.length ? ` (${notes.join(", ")})` : ""}.`;
 }
 
 function setProgressText(note) {
@@ -954,7 +988,7 @@ function onBookClick(event) {
   if (!button) return;
   const index = state.pages.findIndex((page) => String(page.id) === button.closest("li").dataset.id);
   if (button.dataset.action === "redraw") runTask((signal) => redrawWithNewSeed(index, signal));
-  else runTask((signal) => drawFrom(index, signal));
+  else runTask((signal) => drawFrom(index, signal, { quality: qualityAt(index) }));
 }
 
 function start() {
@@ -972,6 +1006,8 @@ function start() {
     keepPortrait().catch((error) => setDescribeMessage(error.message, true));
   });
   $("#draw").addEventListener("click", () => runTask((signal) => drawFrom(0, signal)));
+  $("#draft").addEventListener("click", () => runTask((signal) => drawFrom(0, signal, { quality: "draft" })));
+  $("#final").addEventListener("click", () => runTask((signal) => drawFrom(0, signal, { replaceDrafts: true })));
   $("#stop").addEventListener("click", () => state.busy && state.busy.abort());
   $("#download-pdf").addEventListener("click", () => runTask(downloadPdf));
   $("#key-form").addEventListener("submit", onKeySubmit);

@@ -21,7 +21,7 @@ from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 from pypdf import PdfReader
 
-from testkit.pictures import picture, png_from_b64
+from testkit.pictures import picture, png_from_b64, psnr
 from testkit.server import REPO, bentoml_serve, free_port
 
 API_KEY = "studio-key-0123456789"
@@ -324,6 +324,49 @@ def assert_every_control_is_labelled(page: Page) -> None:
             .map((el) => el.outerHTML.slice(0, 120))"""
     )
     assert unlabelled == []
+
+
+def test_draft_the_book_then_final_pages_with_the_same_seeds(studio: Page, served):
+    """The "Draft the book" button sends the book with `quality: draft`; "Final pages" asks the server for that book's
+    `POST /books/{id}/final`: every page again in full, the same seeds, each the server's final page."""
+    page = studio
+    books = book_bodies(page)
+    finals = []
+    page.on("response", lambda r: r.url.endswith("/final") and r.status == 202 and finals.append(r.url))
+    page.get_by_label("Title").fill("The Draft Fox")
+    write_pages(page, TEXTS[:2])
+    final_button = page.get_by_role("button", name="Final pages")
+    expect(final_button).to_be_hidden()  # nothing drafted yet
+    draw_button = page.get_by_role("button", name="Draw the book")
+    page.get_by_role("button", name="Draft the book").click()
+    give_key_when_asked(page)
+    expect(page.locator("#progress-text")).to_have_text("2 of 2 pages drawn (2 drafts).")
+    cards = page.locator("#book > li")
+    for card in cards.all():
+        expect(card.locator(".card-quality")).to_have_text("· draft")
+    assert len(books) == 1 and books[0]["quality"] == "draft"
+    expect(draw_button).to_be_hidden()  # "Final pages" in its place
+    drafts = [pixels(shown_png(card)) for card in cards.all()]
+    draft_seeds = [card.locator(".card-seed").inner_text() for card in cards.all()]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "studio-draft.png", full_page=True)
+
+    fetched = pictures_fetched(page)
+    final_button.click()
+    expect(page.locator("#progress-text")).to_have_text("2 of 2 pages drawn.")
+    expect(final_button).to_be_hidden()
+    expect(draw_button).to_be_visible()
+    assert len(books) == 1 and len(finals) == 1, "the final pages are the draft book's /final, not a new book"
+    draft_id, final_id = urlparse(finals[0]).path.split("/")[2], fetched[0].split("/")[2]
+    assert fetched == [f"/books/{final_id}/pages/{k}.png" for k in range(2)] and final_id != draft_id
+    status = requests.get(f"{served}/books/{final_id}", headers=KEY_HEADER, timeout=10).json()
+    assert status["status"] == "completed" and status["quality"] == "final"
+    assert [f"· seed {seed}" for seed in status["seeds"]] == draft_seeds
+    for index, card in enumerate(cards.all()):
+        expect(card.locator(".card-quality")).to_have_text("")
+        assert shown_png_b64(card) == book_png(served, final_id, index)
+        assert psnr(pixels(shown_png(card)), drafts[index]) < 25, index  # a final page is not its draft
+    page.screenshot(path=ARTIFACTS / "studio-final.png", full_page=True)
 
 
 def test_book_downloads_as_pdf_with_its_pages(studio: Page, served):
