@@ -22,10 +22,11 @@ from bench.common import median, progress, rounded, write_and_show
 from bench.served import prepare_store
 from testkit.pictures import PROMPTS, picture, png_b64
 from testkit.redis import RedisServer
-from testkit.server import bentoml_serve, free_port
+from testkit.server import BackgroundServe, free_port, home_sharing_models
 
 PAGES = 6
 BOOKS_TOGETHER = 4
+STORES = ("embedded", "redis")
 
 
 def book(n: int, pages: int = PAGES) -> dict:
@@ -91,12 +92,18 @@ def main(argv: list[str] | None = None) -> dict:
         prepare_store(Path(home))
         # A page's timeout well past what a loaded machine takes: this measures throughput, not the timeout.
         env = {"PICTUREBOOK_MAX_BOOKS": str(BOOKS_TOGETHER), "PICTUREBOOK_REQUEST_TIMEOUT_S": "900"}
-        embedded = bentoml_serve(Path(home) / "embedded.log", Path(home), free_port(), **env)
-        on_redis = bentoml_serve(
-            Path(home) / "redis.log", Path(home), free_port(), PICTUREBOOK_REDIS_URL=redis_server.url, **env
-        )
-        with embedded as (embedded_url, _), on_redis as (redis_url, _):
-            urls = {"embedded": embedded_url, "redis": redis_url}
+        # Both start at once, each in a BentoML home of its own over one model store (a start empties its home's
+        # metrics folder, which the other would be using).
+        homes = {store: home_sharing_models(Path(home), Path(home) / f"{store}-home") for store in STORES}
+        servers = {
+            "embedded": BackgroundServe(Path(home) / "embedded.log", homes["embedded"], free_port(), **env),
+            "redis": BackgroundServe(
+                Path(home) / "redis.log", homes["redis"], free_port(), PICTUREBOOK_REDIS_URL=redis_server.url, **env
+            ),
+        }
+        try:
+            urls = {store: server.ready()[0] for store, server in servers.items()}
+            redis_url = urls["redis"]
             for url in urls.values():
                 draw_books(url, [book(99, args.pages)])  # warm-up
             rounds = {f"{store}_{kind}": [] for store in urls for kind in ("alone", "together")}
@@ -107,6 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
                     together = [book(n, args.pages) for n in range(BOOKS_TOGETHER)]
                     rounds[f"{store}_together"].append(draw_books(url, together))
             memory = redis_bytes(redis_server.url, rounds["redis_alone"][-1]["ids"][0], redis_url)
+        finally:
+            for server in servers.values():
+                server.close()
     summary = {
         name: {key: median(r[key] for r in runs) for key in runs[0] if key != "ids"} for name, runs in rounds.items()
     }
