@@ -350,6 +350,10 @@ def test_draft_the_book_then_final_pages_with_the_same_seeds(studio: Page, serve
     draft_seeds = [card.locator(".card-seed").inner_text() for card in cards.all()]
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "studio-draft.png", full_page=True)
+    page.set_viewport_size({"width": 375, "height": 812})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375  # the draft buttons fit a phone
+    page.locator("section", has=page.locator("#draw-heading")).screenshot(path=ARTIFACTS / "studio-draft-phone.png")
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     fetched = pictures_fetched(page)
     final_button.click()
