@@ -137,8 +137,8 @@ def fail_closed_starts(tmp_path_factory, tiny_dir, bentoml_home):
     no_moderation = root / "models-without-the-moderator"
     shutil.copytree(tiny_dir, no_moderation)
     (no_moderation / moderation / "model.safetensors").unlink()
-    starts = {  # the tighter bound starts alone; the second starts while the first polls /readyz
-        "safety_checker": (no_checker, root / "checker.log", r"safety-checker|stable-diffusion-safety-checker", 60),
+    starts = {
+        "safety_checker": (no_checker, root / "checker.log", r"safety-checker|stable-diffusion-safety-checker", 120),
         "moderation": (no_moderation, root / "moderation.log", re.escape(moderation), 120),
     }
     return never_ready_all(starts, bentoml_home)
