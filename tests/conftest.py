@@ -56,6 +56,12 @@ def built_bento(bentoml_home):
     return tag, bentoml_home / "bentos" / "picturebook" / tag.split(":")[1]
 
 
+# The fault-injection server's settings, which tests/test_books.py and tests/test_safety.py read back.
+MAX_BOOKS = 2  # a full house is two books
+OOM_MARKER = "GIGANTIC"  # a diffusion call with this in a prompt raises out-of-memory
+FLAG_MARKER = "FLAGGED-BY-TEST"  # the picture check flags a page with this in its prompt, every time
+FLAG_SEED = 777  # ... and a page drawn with this seed (its redraw passes)
+
 # The shared servers: what each is started with (bentoml_serve's keywords), and why it exists in its fixture below.
 SHARED_SERVERS = {
     "tiny_server": {},
@@ -63,6 +69,12 @@ SHARED_SERVERS = {
         "host": "0.0.0.0",
         "PICTUREBOOK_SAFETY_CHECKER": "false",
         "PICTUREBOOK_MODERATION": "false",
+    },
+    "faults_server": {
+        "PICTUREBOOK_MAX_BOOKS": str(MAX_BOOKS),
+        "PICTUREBOOK_FAULT_OOM_PROMPT_MARKER": OOM_MARKER,
+        "PICTUREBOOK_FAULT_FLAG_PROMPT_MARKER": FLAG_MARKER,
+        "PICTUREBOOK_FAULT_FLAG_SEED": str(FLAG_SEED),
     },
 }
 
@@ -120,6 +132,15 @@ def checkers_off_server(shared_servers):
     (PICTUREBOOK_SAFETY_CHECKER=false) and the warning for 0.0.0.0 without a key (tests/test_listening.py), and
     the moderation model off (PICTUREBOOK_MODERATION=false, tests/test_moderation.py). One start instead of two."""
     return shared_servers.ready("checkers_off_server")
+
+
+@pytest.fixture(scope="session")
+def faults_server(shared_servers):
+    """One server with the test-only faults injected (pipeline/faults.py) and a house of MAX_BOOKS books: (url,
+    log). The books (tests/test_books.py: a full house, a page out of memory) and the picture check (tests/
+    test_safety.py: a flagged page, redrawn or refused) each read back only what their own marker, seed or limit
+    causes, so they share one start instead of two. Neither's marker or seed occurs in the other's requests."""
+    return shared_servers.ready("faults_server")
 
 
 @pytest.fixture(scope="session")
