@@ -144,18 +144,24 @@ def stop(process: subprocess.Popen, grace_s: float = 30) -> int:
     return process.returncode
 
 
+# What BentoML logs when a model worker's start failed (its service's __init__ raised) and the worker exits.
+FAILED_START = re.compile(r"\[service:picturebook-model:\d+\] Application startup failed\. Exiting\.")
+POLLS_AFTER_FAILURE = 3
+
+
 def assert_never_ready(
     model_dir: Path,
     bentoml_home: Path,
     log: Path,
     reported: str,
     within_s: float,
-    on_reported: Callable[[], None] | None = None,
 ) -> None:
     """Serve a model set whose weights for one model are missing: the log names what is missing (`reported`, a
-    regular expression) within `within_s`, and `/readyz` keeps answering anything but 200 (or nothing at all, while
-    the front waits on a model worker that keeps failing). Fail closed. `on_reported` is called once the log has
-    named it (never_ready_all starts the next server then)."""
+    regular expression) within `within_s` and the model worker's start fails (it exits), and `/readyz` answers
+    anything but 200 (or nothing at all, while the front waits on a model worker that keeps failing) on every poll
+    from the moment the server is started until POLLS_AFTER_FAILURE polls after that failure. Fail closed: ready
+    means the model worker's __init__ returned, and it raised. It ends as soon as that is shown, not after a fixed
+    wait."""
     port = free_port()
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -168,16 +174,20 @@ def assert_never_ready(
         )
     try:
         deadline = time.monotonic() + within_s
-        while not re.search(reported, log.read_text(errors="replace")):
-            assert time.monotonic() < deadline, f"the missing weights ({reported}) were never reported"
-            time.sleep(0.5)
-        if on_reported is not None:
-            on_reported()
-        for _ in range(10):
+        failed_at = None  # the poll count when the log had both named the weights and shown the failed start
+        polls = 0
+        while failed_at is None or polls < failed_at + POLLS_AFTER_FAILURE:
+            text = log.read_text(errors="replace")
+            if failed_at is None and re.search(reported, text) and FAILED_START.search(text):
+                failed_at = polls
+            assert failed_at is not None or time.monotonic() < deadline, (
+                f"the missing weights ({reported}) and the failed start were never reported"
+            )
             try:
                 assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code != 200
             except requests.RequestException:
                 pass  # no answer: not ready either
+            polls += 1
             time.sleep(0.5)
     finally:
         kill_tree(process)
@@ -200,24 +210,15 @@ def kill_tree(process: subprocess.Popen) -> None:
 
 
 def never_ready_all(starts: dict[str, tuple[Path, Path, str, float]], bentoml_home: Path) -> dict:
-    """`assert_never_ready` for several model sets, each its own server, port and log: {name: what it raised, or
-    None}. `starts` maps a name to (model_dir, log, reported, within_s). Overlapped, not at once: each server starts
-    once the one before has reported its missing weights, so one start's CPU-bound part runs while the one before
-    sits in its ten /readyz polls (each waits out the front's 2 s bound on the failing model worker)."""
-    names = list(starts)
-    reported = {name: threading.Event() for name in names}
-
-    def one(index: int, name: str) -> None:
-        if index:
-            reported[names[index - 1]].wait()
-        try:
-            model_dir, log, pattern, within_s = starts[name]
-            assert_never_ready(model_dir, bentoml_home, log, pattern, within_s, on_reported=reported[name].set)
-        finally:
-            reported[name].set()  # also when it failed before reporting: the next one starts regardless
-
-    with ThreadPoolExecutor(len(names)) as pool:
-        futures = {name: pool.submit(one, index, name) for index, name in enumerate(names)}
+    """`assert_never_ready` for several model sets, each its own server, port and log, all started at once:
+    {name: what it raised, or None}. `starts` maps a name to (model_dir, log, reported, within_s). At once rather
+    than one after another: each start is mostly waiting (on its model worker, on /readyz), so the starts sharing
+    this machine's two cores end sooner together than in turn."""
+    with ThreadPoolExecutor(len(starts)) as pool:
+        futures = {
+            name: pool.submit(assert_never_ready, model_dir, bentoml_home, log, pattern, within_s)
+            for name, (model_dir, log, pattern, within_s) in starts.items()
+        }
     return {name: future.exception() for name, future in futures.items()}
 
 

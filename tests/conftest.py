@@ -56,6 +56,12 @@ def built_bento(bentoml_home):
     return tag, bentoml_home / "bentos" / "picturebook" / tag.split(":")[1]
 
 
+# The fault-injection server's settings, which tests/test_books.py and tests/test_safety.py read back.
+MAX_BOOKS = 2  # a full house is two books
+OOM_MARKER = "GIGANTIC"  # a diffusion call with this in a prompt raises out-of-memory
+FLAG_MARKER = "FLAGGED-BY-TEST"  # the picture check flags a page with this in its prompt, every time
+FLAG_SEED = 777  # ... and a page drawn with this seed (its redraw passes)
+
 # The shared servers: what each is started with (bentoml_serve's keywords), and why it exists in its fixture below.
 SHARED_SERVERS = {
     "tiny_server": {},
@@ -63,6 +69,12 @@ SHARED_SERVERS = {
         "host": "0.0.0.0",
         "PICTUREBOOK_SAFETY_CHECKER": "false",
         "PICTUREBOOK_MODERATION": "false",
+    },
+    "faults_server": {
+        "PICTUREBOOK_MAX_BOOKS": str(MAX_BOOKS),
+        "PICTUREBOOK_FAULT_OOM_PROMPT_MARKER": OOM_MARKER,
+        "PICTUREBOOK_FAULT_FLAG_PROMPT_MARKER": FLAG_MARKER,
+        "PICTUREBOOK_FAULT_FLAG_SEED": str(FLAG_SEED),
     },
 }
 
@@ -123,6 +135,15 @@ def checkers_off_server(shared_servers):
 
 
 @pytest.fixture(scope="session")
+def faults_server(shared_servers):
+    """One server with the test-only faults injected (pipeline/faults.py) and a house of MAX_BOOKS books: (url,
+    log). The books (tests/test_books.py: a full house, a page out of memory) and the picture check (tests/
+    test_safety.py: a flagged page, redrawn or refused) each read back only what their own marker, seed or limit
+    causes, so they share one start instead of two. Neither's marker or seed occurs in the other's requests."""
+    return shared_servers.ready("faults_server")
+
+
+@pytest.fixture(scope="session")
 def fail_closed_starts(tmp_path_factory, tiny_dir, bentoml_home):
     """The two fail-closed starts, run at once (testkit.server.never_ready_all): {name: what its
     `assert_never_ready` raised, or None}. Each server misses one model's weights and nothing else, so what its
@@ -137,8 +158,8 @@ def fail_closed_starts(tmp_path_factory, tiny_dir, bentoml_home):
     no_moderation = root / "models-without-the-moderator"
     shutil.copytree(tiny_dir, no_moderation)
     (no_moderation / moderation / "model.safetensors").unlink()
-    starts = {  # the tighter bound starts alone; the second starts while the first polls /readyz
-        "safety_checker": (no_checker, root / "checker.log", r"safety-checker|stable-diffusion-safety-checker", 60),
+    starts = {
+        "safety_checker": (no_checker, root / "checker.log", r"safety-checker|stable-diffusion-safety-checker", 120),
         "moderation": (no_moderation, root / "moderation.log", re.escape(moderation), 120),
     }
     return never_ready_all(starts, bentoml_home)

@@ -15,12 +15,11 @@ from pathlib import Path
 import bentoml
 import pytest
 import requests
+from conftest import MAX_BOOKS, OOM_MARKER
 from pypdf import PdfReader
 
 from testkit.pictures import picture, png_b64, png_from_b64, psnr
-from testkit.server import bentoml_serve, free_port
 
-MAX_BOOKS = 2
 PAGES = [
     {"text": "A fox finds a red kite in the grass.", "seed": 1},
     {"text": "小狐狸和小熊一起放风筝。", "prompt": "a fox and a bear fly a kite together", "seed": 2},
@@ -39,11 +38,9 @@ def book(pages=PAGES, **change):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, bentoml_home):
-    log = tmp_path_factory.mktemp("books") / "serve.log"
-    env = {"PICTUREBOOK_MAX_BOOKS": str(MAX_BOOKS), "PICTUREBOOK_FAULT_OOM_PROMPT_MARKER": "GIGANTIC"}
-    with bentoml_serve(log, bentoml_home, free_port(), **env) as (url, _):
-        yield url
+def served(faults_server):
+    """The session's server with MAX_BOOKS slots and the out-of-memory marker (tests/conftest.py)."""
+    return faults_server[0]
 
 
 def submit(url, body):
@@ -201,13 +198,23 @@ def test_max_books_gives_429_while_generate_still_answers(served):
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
     single = requests.post(f"{served}/generate", json={"prompt": "still here", "seed": 1}, timeout=120)
     assert single.status_code == 200, single.text
-    for answer in running:
-        assert wait_for(served, answer.json()["task_id"])["status"] == "completed"
-    assert submit(served, book(pages=PAGES[:1])).status_code == 200  # the slots came back
+    ids = [answer.json()["task_id"] for answer in running]
+    done = {i: requests.get(f"{served}/book/progress", params={"task_id": i}, timeout=10).json() for i in ids}
+    assert all(p["status"] == "running" for p in done.values()), "the house was no longer full at /generate"
+    # One slot comes back by cancelling (the book furthest behind, which would finish last), one by finishing.
+    behind, ahead = sorted(ids, key=lambda i: done[i]["pages_done"])
+    canceled = requests.delete(f"{served}/books/{behind}", timeout=30)
+    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled", canceled.text
+    again = submit(served, book(pages=PAGES[:1]))
+    assert again.status_code == 200, again.text  # the canceled book's slot came back, the other still drawing
+    for task_id in (ahead, again.json()["task_id"]):
+        assert wait_for(served, task_id)["status"] == "completed"
+    assert submit(served, book(pages=PAGES[:1])).status_code == 200  # the finished books' slots came back
 
 
 def test_a_failed_page_keeps_the_pages_before_it(served):
-    pages = [{"text": "fine", "seed": 1}, {"text": "also fine", "seed": 2}, {"text": "a GIGANTIC page"}, {"text": "x"}]
+    oom = {"text": f"a {OOM_MARKER} page"}
+    pages = [{"text": "fine", "seed": 1}, {"text": "also fine", "seed": 2}, oom, {"text": "x"}]
     task_id = submit(served, book(pages=pages)).json()["task_id"]
     progress = wait_for(served, task_id)
     assert progress["status"] == "failed" and progress["pages_done"] == 2
@@ -285,7 +292,8 @@ def test_the_readme_book_commands_write_the_book_pdf(served, tmp_path):
 def test_the_readme_book_commands_fail_loudly_and_write_no_pdf_when_the_book_fails(served, tmp_path):
     script = readme_book_commands(served)
     assert '"prompt": "a fox and a bear fly a kite"' in script
-    script = script.replace('"prompt": "a fox and a bear fly a kite"', '"prompt": "a GIGANTIC kite"')  # out of memory
+    oom = f'"prompt": "a {OOM_MARKER} kite"'  # out of memory
+    script = script.replace('"prompt": "a fox and a bear fly a kite"', oom)
     run = run_readme_book_commands(served, tmp_path, script)
     assert run.returncode == 22, run.stdout + run.stderr  # curl -f: the HTTP error answer
     assert run.stdout.strip().endswith("failed") and "returned error: 507" in run.stderr, run.stdout + run.stderr

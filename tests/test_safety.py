@@ -8,24 +8,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from conftest import FLAG_MARKER, FLAG_SEED
 
 from pipeline import ModelPaths, PageRequest, load_page_generator
 from pipeline.generator import redraw_seed
 from pipeline.safety import flagged_fixture
 from pipeline.sources import MODEL_REPOS
 from testkit.pictures import picture, png_b64
-from testkit.server import bentoml_serve, free_port, metric
-
-FLAG_MARKER = "FLAGGED-BY-TEST"
-FLAG_SEED = 777
+from testkit.server import metric
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, bentoml_home):
-    log = tmp_path_factory.mktemp("safety") / "serve.log"
-    env = {"PICTUREBOOK_FAULT_FLAG_PROMPT_MARKER": FLAG_MARKER, "PICTUREBOOK_FAULT_FLAG_SEED": str(FLAG_SEED)}
-    with bentoml_serve(log, bentoml_home, free_port(), **env) as (url, _):
-        yield url
+def served(faults_server):
+    """The session's server with the flag marker and seed injected (tests/conftest.py)."""
+    return faults_server[0]
 
 
 def post(url, body):
