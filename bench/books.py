@@ -26,7 +26,6 @@ from testkit.server import BackgroundServe, free_port, home_sharing_models
 
 PAGES = 6
 BOOKS_TOGETHER = 4
-STORES = ("embedded", "redis")
 
 
 def book(n: int, pages: int = PAGES) -> dict:
@@ -94,12 +93,16 @@ def main(argv: list[str] | None = None) -> dict:
         env = {"PICTUREBOOK_MAX_BOOKS": str(BOOKS_TOGETHER), "PICTUREBOOK_REQUEST_TIMEOUT_S": "900"}
         # Both start at once, each in a BentoML home of its own over one model store (a start empties its home's
         # metrics folder, which the other would be using).
-        homes = {store: home_sharing_models(Path(home), Path(home) / f"{store}-home") for store in STORES}
+        store_env = {"embedded": {}, "redis": {"PICTUREBOOK_REDIS_URL": redis_server.url}}
         servers = {
-            "embedded": BackgroundServe(Path(home) / "embedded.log", homes["embedded"], free_port(), **env),
-            "redis": BackgroundServe(
-                Path(home) / "redis.log", homes["redis"], free_port(), PICTUREBOOK_REDIS_URL=redis_server.url, **env
-            ),
+            store: BackgroundServe(
+                Path(home) / f"{store}.log",
+                home_sharing_models(Path(home), Path(home) / f"{store}-home"),
+                free_port(),
+                **env,
+                **extra,
+            )
+            for store, extra in store_env.items()
         }
         try:
             urls = {store: server.ready()[0] for store, server in servers.items()}

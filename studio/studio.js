@@ -96,6 +96,10 @@ function isUpToDate(index) {
   return state.pages[index].img !== null && staleReason(index) === null;
 }
 
+function isDraft(page) {
+  return page.img !== null && page.quality === "draft";
+}
+
 function canDraw(index) {
   return index === 0 || state.pages[index - 1].img !== null;
 }
@@ -432,8 +436,9 @@ async function drawFrom(from, signal, { quality = "final", replaceDrafts = false
         const img = await fetchPng(new URL(`..${event.data.url}`, document.baseURI), signal);
         const prev = event.data.index > 0 ? run[event.data.index - 1] : before;
         const drawnWith = { ...inputs[event.data.index], prev: prev ? `${prev.id}:${prev.version}` : "" };
-        Object.assign(page, { img, usedSeed: event.data.seed, drawnWith, quality, drawing: false, waiting: false });
-        page.error = "";
+        Object.assign(page, {
+          img, usedSeed: event.data.seed, drawnWith, quality, drawing: false, waiting: false, error: "",
+        });
         page.drawnIn = { book: book.id, index: first + event.data.index, text: sent[event.data.index].text };
         page.version += 1;
         index = event.data.index + 1;
@@ -909,9 +914,8 @@ function renderCard(card, page, index) {
   $(".slot-note", card).textContent = page.drawing ? "Drawing…" : page.img ? "" : waiting;
   $(".card-number", card).textContent = `Page ${n}`;
   $(".card-seed", card).textContent = page.usedSeed !== null && page.img ? `· seed ${page.usedSeed}` : "";
-  const draft = page.img !== null && page.quality === "draft";
-  $(".card-quality", card).textContent = draft ? "· draft" : "";
-  card.classList.toggle("draft", draft);
+  $(".card-quality", card).textContent = isDraft(page) ? "· draft" : "";
+  card.classList.toggle("draft", isDraft(page));
   $(".card-text", card).textContent = page.text;
 
   const reason = staleReason(index);
@@ -943,7 +947,7 @@ function renderControls() {
   $("#draw").disabled = busy;
   $("#draw").textContent = state.pages.some((page) => page.img) && !allDrawn ? "Draw the rest" : "Draw the book";
   // With drafts shown, "Final pages" takes the place of "Draw the book" (which would leave drawn drafts as they are).
-  const drafted = state.pages.some((page) => page.img && page.quality === "draft");
+  const drafted = state.pages.some(isDraft);
   $("#draw").hidden = drafted;
   $("#final").hidden = !drafted;
   $("#final").disabled = busy;
@@ -963,7 +967,7 @@ function progressSummary() {
   const upToDate = state.pages.filter((_, i) => isUpToDate(i)).length;
   const outOfDate = state.pages.filter((page, i) => page.img && !isUpToDate(i)).length;
   if (upToDate === 0 && outOfDate === 0) return "Nothing drawn yet.";
-  const drafts = state.pages.filter((page) => page.img && page.quality === "draft").length;
+  const drafts = state.pages.filter(isDraft).length;
   const notes = [];
   if (outOfDate) notes.push(`${outOfDate} out of date`);
   if (drafts) notes.push(`${drafts} draft${drafts === 1 ? "" : "s"}`);
