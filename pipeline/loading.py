@@ -147,15 +147,16 @@ def load_text_moderator(paths: ModelPaths, settings: ModelSettings):
     return moderator
 
 
-def warm_up(generator) -> None:
-    """Draw throw-away pages of every group shape, so compilation happens before the first user arrives."""
+def warm_up(generator) -> list:
+    """Draw throw-away pages of every group shape (first page or continuation, final or draft: each its own
+    diffusion call), so compilation happens before the first user arrives. Returns their PageResults."""
     from PIL import Image
 
     from .page import PageRequest, Quality
 
     blank = Image.new("RGB", (64, 64), (128, 128, 128))
     started = time.perf_counter()
-    generator.generate(
+    results = generator.generate(
         [
             PageRequest(prompt="warm-up", seed=0),
             PageRequest(prompt="warm-up", prev_frame=blank, characters=(blank,), seed=0),
@@ -170,3 +171,4 @@ def warm_up(generator) -> None:
         ]
     )
     log.info("warm-up took %.1f s", time.perf_counter() - started)
+    return results

@@ -285,7 +285,9 @@ def levered(tiny_dir, tiny_settings):
             "vae_tiling": True,
             "compile": True,
             "compile_backend": "eager",  # the wiring, without minutes of inductor codegen on a CPU
-            "warmup": True,
+            # Tracing all four group shapes costs ~40 s here; the pages the tests draw trace the two they use, and
+            # test_warm_up_draws_every_group_shape checks what the warm-up draws.
+            "warmup": False,
         }
     )
     return load_page_generator(ModelPaths.under(tiny_dir), settings)
@@ -312,6 +314,16 @@ def test_levers_are_applied(levered):
             continue
         wrapped = isinstance(unet.get_submodule(name.removesuffix(".processor")).to_q, BaseTunerLayer)
         assert wrapped != isinstance(processor, FusedAttnProcessor2_0), name
+
+
+def test_warm_up_draws_every_group_shape(generator):
+    """What compiling servers draw before they say ready: a first page and a continuation, each as final and as
+    draft, every one in a diffusion call of its own (so each shape is compiled), each a finished page."""
+    from pipeline.loading import warm_up
+
+    results = warm_up(generator)
+    assert [r.batch_size for r in results] == [1, 1, 1, 1]
+    assert all(r.image is not None and r.error is None for r in results)
 
 
 def test_adapters_still_act_after_every_lever(levered, generator):
