@@ -1,11 +1,13 @@
 """A lone request after a burst: does the adaptive batcher go back to answering single clients at once?
 
-`python -m bench.after_burst [--clients 40] [--burst-s 60] [--singles 10] [--env KEY=VALUE ...]`
+`python -m bench.after_burst [--clients 40] [--burst-s 60] [--singles 10] [--training 12]
+[--env KEY=VALUE ... | --url URL]`
 
-Starts the real server (tiny profile), times `--singles` sequential requests (the page time), runs `--clients`
-concurrent clients for `--burst-s` seconds, then times `--singles` sequential requests again, and prints the medians
-and their ratio as JSON. Both sides of the ratio come from the same server minutes apart: on a shared machine, run
-before and after a change back to back and compare ratios, not seconds.
+Starts the real server (tiny profile; `--url` measures one already running instead), sends `--training` lone
+requests for the batcher to learn from, times `--singles` sequential requests (the page time), runs `--clients`
+concurrent clients for `--burst-s` seconds, then times `--singles` sequential requests right after and again, and
+prints the medians and their ratios as JSON. Both sides of a ratio come from the same server minutes apart: on a
+shared machine, run before and after a change back to back and compare ratios, not seconds.
 """
 
 from __future__ import annotations
@@ -60,42 +62,50 @@ def burst(url: str, clients: int, duration_s: float) -> dict[str, int]:
     return statuses
 
 
-def main() -> None:
+def measure(url: str, clients: int, burst_s: float, singles: int, training: int) -> dict:
+    """Lone requests before a burst of `clients`, right after it and `singles` requests later, on one server."""
+    lone_requests(url, training, 0)  # the batcher's training calls
+    before = lone_requests(url, singles, 100)
+    progress(f"lone before: median {median(before):.3f} s; burst of {clients} clients")
+    statuses = burst(url, clients, burst_s)
+    after = lone_requests(url, singles, 200)
+    progress(f"lone after: median {median(after):.3f} s")
+    later = lone_requests(url, singles, 300)
+    return {
+        "burst_statuses": statuses,
+        "lone_before_s": [round(s, 3) for s in before],
+        "lone_after_s": [round(s, 3) for s in after],
+        "lone_later_s": [round(s, 3) for s in later],
+        "median_before_s": round(median(before), 3),
+        "median_after_s": round(median(after), 3),
+        "median_later_s": round(median(later), 3),
+        "ratio_after": round(median(after) / median(before), 2),
+        "ratio_later": round(median(later) / median(before), 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=40)
     parser.add_argument("--burst-s", type=float, default=60)
     parser.add_argument("--singles", type=int, default=10)
-    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
-    args = parser.parse_args()
+    parser.add_argument("--training", type=int, default=12, help="lone requests first, which the batcher learns from")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server this run starts")
+    where.add_argument("--url", help="measure a server already running here instead of starting one")
+    args = parser.parse_args(argv)
     env = dict(item.split("=", 1) for item in args.env)
+    timing = (args.clients, args.burst_s, args.singles, args.training)
 
-    with tempfile.TemporaryDirectory() as home:
-        prepare_store(Path(home))
-        with bentoml_serve(Path(home) / "serve.log", Path(home), free_port(), **env) as (url, _):
-            lone_requests(url, 12, 0)  # the batcher's training calls
-            before = lone_requests(url, args.singles, 100)
-            progress(f"lone before: median {median(before):.3f} s; burst of {args.clients} clients")
-            statuses = burst(url, args.clients, args.burst_s)
-            after = lone_requests(url, args.singles, 200)
-            progress(f"lone after: median {median(after):.3f} s")
-            later = lone_requests(url, args.singles, 300)
-    print(
-        json.dumps(
-            {
-                "env": env,
-                "burst_statuses": statuses,
-                "lone_before_s": [round(s, 3) for s in before],
-                "lone_after_s": [round(s, 3) for s in after],
-                "lone_later_s": [round(s, 3) for s in later],
-                "median_before_s": round(median(before), 3),
-                "median_after_s": round(median(after), 3),
-                "median_later_s": round(median(later), 3),
-                "ratio_after": round(median(after) / median(before), 2),
-                "ratio_later": round(median(later) / median(before), 2),
-            },
-            indent=1,
-        )
-    )
+    if args.url:
+        result = {"url": args.url, **measure(args.url, *timing)}
+    else:
+        with tempfile.TemporaryDirectory() as home:
+            prepare_store(Path(home))
+            with bentoml_serve(Path(home) / "serve.log", Path(home), free_port(), **env) as (url, _):
+                result = {"env": env, **measure(url, *timing)}
+    print(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":

@@ -1,16 +1,15 @@
 """Hostile load and the service's life: hang-ups, a lone client after a burst, idle connections, a model-worker
 restart, draining on SIGTERM. One real `bentoml serve` (tiny profile) for the whole module; the last test stops it.
 
-Two assertions here are about time, with bounds far from both sides of what issue 18 measured: a lone request after
-a burst (6-14x its page before the fix, ~1.1x after; the bound is 2x) and connections that never finish their
-headers (open past 60 s and 150 s before; the bound is 15 s, with a 3 s header timeout)."""
+One assertion here is about time, with a bound far from both sides of what issue 18 measured: connections that
+never finish their headers (open past 60 s and 150 s before; the bound is 15 s, with a 3 s header timeout). A lone
+request after a burst is measured by `python -m bench.after_burst`, which a test here runs at its fastest."""
 
 from __future__ import annotations
 
 import select
 import signal
 import socket
-import statistics
 import subprocess
 import threading
 import time
@@ -107,33 +106,19 @@ def test_a_client_that_hangs_up_stops_its_page(served):
     assert post(url, page()).status_code == 200
 
 
-def test_a_lone_request_after_a_burst_costs_about_its_page(served):
-    """The issue: after a minute of 40 clients a lone page took 6-14x as long, and did not recover."""
+def test_the_after_burst_benchmark_runs_against_this_server(served):
+    """`python -m bench.after_burst` (docs/PERFORMANCE.md) at its fastest, on this module's server: lone pages, a
+    burst of clients, lone pages again. Whether a lone page recovers after a burst is that benchmark's ratio (issue
+    18: 6-14x its page before the fix, ~0.8x after), not a timed assertion here; the cap that gives it is checked by
+    tests/test_framework.py::test_the_bounded_batch_wait_caps_the_learned_wait."""
+    from bench.after_burst import main
+
     url, _, _ = served
-
-    def lone(first):
-        seconds = []
-        for i in range(5):
-            started = time.perf_counter()
-            assert post(url, page(seed=first + i)).status_code == 200
-            seconds.append(time.perf_counter() - started)
-        return statistics.median(seconds)
-
-    lone(0)  # the batcher's first calls are its training
-    lone(10)
-    before = lone(20)
-    stop_at = time.monotonic() + 12
-
-    def client(index):
-        i = 0
-        while time.monotonic() < stop_at:
-            post(url, page(seed=1000 * index + i))
-            i += 1
-
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(client, range(16)))
-    after = lone(30)
-    assert after < 2 * before, f"lone page {before:.2f} s before the burst, {after:.2f} s after"
+    result = main(["--url", url, "--clients", "4", "--burst-s", "2", "--singles", "1", "--training", "1"])
+    assert result["url"] == url and result["burst_statuses"].get(200, 0) >= 4, result["burst_statuses"]
+    for key in ("lone_before_s", "lone_after_s", "lone_later_s"):
+        assert len(result[key]) == 1 and all(seconds > 0 for seconds in result[key]), key
+    assert result["ratio_after"] > 0 and result["ratio_later"] > 0
 
 
 def open_idle(url) -> socket.socket:
