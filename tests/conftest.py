@@ -9,7 +9,15 @@ import pytest
 from pipeline import ModelPaths, ModelSettings, Profile, load_page_generator
 from pipeline.sources import MODEL_REPOS
 from pipeline.tiny import build_tiny_models
-from testkit.server import REPO, BackgroundServe, free_port, home_sharing_models, never_ready_all, server_env
+from testkit.server import (
+    REPO,
+    BackgroundServe,
+    free_port,
+    home_sharing_models,
+    never_ready_all,
+    port_is_free,
+    server_env,
+)
 
 
 @pytest.fixture(scope="session")
@@ -62,11 +70,15 @@ OOM_MARKER = "GIGANTIC"  # a diffusion call with this in a prompt raises out-of-
 FLAG_MARKER = "FLAGGED-BY-TEST"  # the picture check flags a page with this in its prompt, every time
 FLAG_SEED = 777  # ... and a page drawn with this seed (its redraw passes)
 
-# The shared servers: what each is started with (bentoml_serve's keywords), and why it exists in its fixture below.
+DEFAULT_PORT = 8000  # the service's own port, which the seed's client calls
+# The shared servers: what each is started with (bentoml_serve's keywords; a missing "port" is a free one), and why
+# it exists in its fixture below.
 SHARED_SERVERS = {
     "tiny_server": {},
-    "checkers_off_server": {
+    "open_server": {
         "host": "0.0.0.0",
+        "port": None,
+        "PICTUREBOOK_MAX_BATCH_SIZE": "1",
         "PICTUREBOOK_SAFETY_CHECKER": "false",
         "PICTUREBOOK_MODERATION": "false",
     },
@@ -104,7 +116,11 @@ class SharedServers:
         if name not in self.started:
             shared_home = self.request.getfixturevalue("bentoml_home")
             home = home_sharing_models(shared_home, self.tmp_path_factory.mktemp(name) / "home")
-            self.started[name] = BackgroundServe(home.parent / "serve.log", home, free_port(), **SHARED_SERVERS[name])
+            settings = dict(SHARED_SERVERS[name])
+            port = settings.pop("port", free_port())
+            if port is None:
+                assert port_is_free(DEFAULT_PORT), f"{name} serves on port {DEFAULT_PORT}, which something else holds"
+            self.started[name] = BackgroundServe(home.parent / "serve.log", home, port, **settings)
 
     def ready(self, name: str) -> tuple[str, Path]:
         self.start(name)
@@ -126,12 +142,14 @@ def tiny_server(shared_servers):
 
 
 @pytest.fixture(scope="session")
-def checkers_off_server(shared_servers):
-    """One server with both checkers off, on every interface with no API key: (url, log). Each setting is what a
-    test reads back, each from its own metric, header and log line: the picture checker off
-    (PICTUREBOOK_SAFETY_CHECKER=false) and the warning for 0.0.0.0 without a key (tests/test_listening.py), and
-    the moderation model off (PICTUREBOOK_MODERATION=false, tests/test_moderation.py). One start instead of two."""
-    return shared_servers.ready("checkers_off_server")
+def open_server(shared_servers):
+    """`bentoml serve` as the seed's users ran it: no --host (every interface), no --port (port 8000), no API key;
+    and batching off (PICTUREBOOK_MAX_BATCH_SIZE=1, which BentoML's batcher cannot express), the picture checker
+    off and the moderation model off: (url, log). Each setting is what one test reads back: the seed's client
+    verbatim on port 8000 and pages drawn one per call (tests/test_service.py), the warning for 0.0.0.0 without a
+    key and the checker-off metric (tests/test_listening.py), moderation off (tests/test_moderation.py). One start
+    instead of three."""
+    return shared_servers.ready("open_server")
 
 
 @pytest.fixture(scope="session")

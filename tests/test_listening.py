@@ -4,20 +4,11 @@ loopback; and one `picturebook_safety_checker_enabled` value on /metrics however
 
 from __future__ import annotations
 
-import pytest
 import requests
 
 from serving.listening import listening_address, open_to_the_network
 
 WARNING = "listening on all interfaces"
-
-
-@pytest.fixture(scope="module")
-def open_server(checkers_off_server):
-    """All interfaces, no key, and the picture checker off (the other setting /metrics reports): the session's
-    server with both checkers off (tests/conftest.py), in a BentoML home of its own, since BentoML keeps /metrics'
-    values in BENTOML_HOME/prometheus_multiproc_dir and empties it at every start."""
-    return checkers_off_server
 
 
 def samples(url: str, name: str) -> list[str]:

@@ -158,9 +158,9 @@ def test_moderation_on_is_shown_in_readyz_and_metrics(served):
     assert metric(url, "picturebook_moderation_enabled") == 1
 
 
-def test_moderation_off_is_logged_and_shown_and_lets_the_fixture_through(checkers_off_server):
-    """PICTUREBOOK_MODERATION=false: the session's server with both checkers off (tests/conftest.py)."""
-    url, log = checkers_off_server
+def test_moderation_off_is_logged_and_shown_and_lets_the_fixture_through(open_server):
+    """PICTUREBOOK_MODERATION=false: the session's open server, both checkers off (tests/conftest.py)."""
+    url, log = open_server
     assert requests.get(f"{url}/readyz", timeout=5).headers["x-picturebook-moderation"] == "off"
     assert metric(url, "picturebook_moderation_enabled") == 0
     drawn = requests.post(f"{url}/generate", json={"prompt": f"a {MARKER} fox", "seed": 1}, timeout=120)

@@ -20,12 +20,10 @@ from PIL import Image
 from testkit.pictures import picture, png_b64, png_from_b64, psnr
 from testkit.server import (
     REPO,
-    bentoml_serve,
     metric,
     minor_page_faults,
     model_service_socket,
     model_worker,
-    port_is_free,
 )
 
 # The Python client from the seed README (../shared/seed/000_333b071f23a24d57.txt), verbatim.
@@ -82,16 +80,17 @@ def post(url, body, **kw):
     return requests.post(f"{url}/generate", json=body, timeout=120, **kw)
 
 
-def test_seed_client_runs_verbatim_on_the_default_port(tmp_path, bentoml_home):
-    assert port_is_free(8000), "the seed's client talks to localhost:8000, which something else holds"
+def test_seed_client_runs_verbatim_on_the_default_port(tmp_path, open_server):
+    """The seed's client, unchanged, against `bentoml serve` with no --port (the open server, tests/conftest.py);
+    that server has batching off, which BentoML's batcher cannot express (its size must be > 1)."""
+    url, _ = open_server
+    assert url.endswith(":8000")
     picture(1).save(tmp_path / "previous_scene.png")
     picture(2, (128, 128)).save(tmp_path / "character1.png")
     picture(3, (128, 128)).convert("P").save(tmp_path / "character2.png")  # a palette PNG, as drawings often are
-    # no --port: the service's default; and batching off, which BentoML's batcher cannot express (size must be > 1)
-    with bentoml_serve(tmp_path / "serve.log", bentoml_home, port=None, PICTUREBOOK_MAX_BATCH_SIZE="1") as (url, _):
-        subprocess.run([sys.executable, "-c", SEED_CLIENT], cwd=tmp_path, check=True, timeout=120)
-        with ThreadPoolExecutor(3) as pool:
-            responses = list(pool.map(lambda seed: post(url, payload(seed=seed)), range(3)))
+    subprocess.run([sys.executable, "-c", SEED_CLIENT], cwd=tmp_path, check=True, timeout=120)
+    with ThreadPoolExecutor(3) as pool:
+        responses = list(pool.map(lambda seed: post(url, payload(seed=seed)), range(3)))
     page = Image.open(tmp_path / "generated_scene.png", formats=["PNG"])
     assert page.size == (256, 256)
     assert [r.status_code for r in responses] == [200] * 3
