@@ -24,6 +24,12 @@ REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 180
 
 
+def request_bytes(path: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    """A raw HTTP/1.1 POST, for tests that send it (or part of it) over a socket of their own."""
+    lines = [f"POST {path} HTTP/1.1", "Host: picturebook", *(f"{k}: {v}" for k, v in headers), "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -6,7 +6,6 @@ import base64
 import contextlib
 import io
 import json
-import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from testkit.pictures import picture, png_file, png_from_b64
-from testkit.server import bentoml_serve, free_port, model_service_socket, model_worker
+from testkit.server import bentoml_serve, free_port, model_service_socket, model_worker, request_bytes
 
 API_KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -344,11 +343,6 @@ def status_of(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1])
 
 
-def request_bytes(path: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", "Host: picturebook", *(f"{k}: {v}" for k, v in headers), "Connection: close"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
 @pytest.mark.parametrize(
     "types",
     [("application/vnd.bentoml+pickle", "application/json"), ("application/json", "application/vnd.bentoml+pickle")],
@@ -538,34 +532,6 @@ def test_bad_input_is_logged_as_one_line_not_a_traceback(hardened):
         written = lines.read().decode(errors="replace")
     assert "Traceback" not in written and "[ERROR]" not in written, written[-3000:]
     assert written.count("bad input") >= 3, written[-3000:]
-
-
-def test_sigterm_lets_in_flight_pages_finish_and_stops_while_clients_hold_half_sent_bodies(tmp_path, bentoml_home):
-    """Kubernetes sends SIGTERM to the main process and waits terminationGracePeriodSeconds (30 s by default): the
-    page being drawn finishes, and the server stops. Before, a client that sent the headers of a POST /generate and
-    then left (or went silent) kept `bentoml serve` from stopping; Kubernetes would wait out the grace period and
-    kill it. Now the body's read deadline ends such requests with 408 (3 s here) and the server stops. Both in one
-    server start (a start is ~15 s of the suite), each with its own assertion: the page's answer, then the exit."""
-    import socket
-
-    started: list[subprocess.Popen] = []
-    env = {"PICTUREBOOK_BODY_READ_MIN_S": "3"}
-    with bentoml_serve(tmp_path / "serve.log", bentoml_home, free_port(), on_start=started.append, **env) as (url, _):
-        [process] = started
-        head = request_bytes("/generate", [("Content-Type", "application/json"), ("Content-Length", "100")], b"{")
-        gone, silent = (socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) for _ in range(2))
-        with silent, ThreadPoolExecutor(1) as pool:
-            in_flight = pool.submit(lambda: requests.post(f"{url}/generate", json=good(steps=60), timeout=120))
-            for sock in (gone, silent):
-                sock.sendall(head)
-            time.sleep(0.5)
-            gone.close()
-            time.sleep(1.0)  # the page is being drawn
-            process.send_signal(signal.SIGTERM)
-            response = in_flight.result()
-            assert response.status_code == 200, response.text
-            png_from_b64(response.json()["img"])
-            assert process.wait(30) == 0
 
 
 def test_the_api_document_lists_the_answers_the_server_gives(hardened):

@@ -21,7 +21,7 @@ import requests
 from pipeline import PageRequest
 from pipeline.generator import HUNG_UP
 from testkit.pictures import picture, png_b64, png_from_b64
-from testkit.server import bentoml_serve, free_port, model_worker
+from testkit.server import bentoml_serve, free_port, model_worker, request_bytes
 
 HEADER_TIMEOUT_S = 3
 MAX_CONNECTIONS = 40
@@ -29,6 +29,7 @@ SETTINGS = {
     "PICTUREBOOK_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
     "PICTUREBOOK_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
     "PICTUREBOOK_RETRY_AFTER_S": "7",
+    "PICTUREBOOK_BODY_READ_MIN_S": "3",  # a half-sent body holds its connection 3 s, then gets 408
 }
 
 
@@ -185,20 +186,30 @@ def test_readyz_answers_503_quickly_while_the_model_worker_restarts(served):
     assert post(url, page()).status_code == 200
 
 
-def test_sigterm_refuses_new_work_with_503_and_finishes_what_is_in_flight(served):
-    """The issue: a request arriving after SIGTERM got a dropped connection. Stops the module's server."""
+def test_sigterm_refuses_new_work_finishes_what_is_in_flight_and_stops_while_bodies_are_half_sent(served):
+    """Kubernetes sends SIGTERM to the main process and waits terminationGracePeriodSeconds (30 s by default): the
+    page being drawn finishes, a request arriving after the signal gets 503 (it used to get a dropped connection),
+    and the server stops. Clients that sent the headers of a POST /generate and then left, or went silent, used to
+    keep `bentoml serve` from stopping at all; the body's read deadline (3 s here) now ends them with 408. One server
+    start for all of it, each with its own assertion. Stops the module's server."""
     url, log, process = served
-    with ThreadPoolExecutor(1) as pool:
+    head = request_bytes("/generate", [("Content-Type", "application/json"), ("Content-Length", "100")], b"{")
+    gone, silent = (socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) for _ in range(2))
+    with silent, ThreadPoolExecutor(1) as pool:
         in_flight = pool.submit(post, url, page(steps=100))
-        time.sleep(2)  # the page is being drawn (100 tiny steps: several seconds even on a quiet machine)
+        for sock in (gone, silent):
+            sock.sendall(head)
+        time.sleep(0.5)
+        gone.close()
+        time.sleep(1.5)  # the page is being drawn (100 tiny steps: several seconds even on a quiet machine)
         process.send_signal(signal.SIGTERM)
         time.sleep(1)  # the signal reaches the workers
         refused = post(url, page(), timeout=10)
         ready = requests.get(f"{url}/readyz", timeout=5)
         drawn = in_flight.result()
-    assert refused.status_code == 503 and refused.headers["Retry-After"] == "7", refused.text
-    assert ready.status_code == 503
-    assert drawn.status_code == 200, drawn.text
-    png_from_b64(drawn.json()["img"])
-    assert process.wait(60) == 0
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "7", refused.text
+        assert ready.status_code == 503
+        assert drawn.status_code == 200, drawn.text
+        png_from_b64(drawn.json()["img"])
+        assert process.wait(30) == 0
     assert "SIGTERM: draining 1 request(s) in flight" in log.read_text(errors="replace")
