@@ -113,13 +113,17 @@ class BackgroundServe:
     """`bentoml_serve` entered on a thread of its own, so a server starts while other work runs (this machine has
     two cores; a test session mostly uses one). `ready()` waits for it: (base_url, log). `close()` stops it."""
 
-    def __init__(self, log_path: Path, bentoml_home: Path, port: int, **kwargs):
+    def __init__(self, log_path: Path, bentoml_home: Path, port: int | None, **kwargs):
         self.log_path = log_path
-        self._serving = bentoml_serve(log_path, bentoml_home, port, **kwargs)
+        self.process: subprocess.Popen | None = None  # `bentoml serve` itself, once started
+        self._serving = bentoml_serve(log_path, bentoml_home, port, on_start=self._started, **kwargs)
         self._url: str | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._start, name=f"serve {log_path}", daemon=True)
         self._thread.start()
+
+    def _started(self, process: subprocess.Popen) -> None:
+        self.process = process
 
     def _start(self) -> None:
         try:

@@ -2,6 +2,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -91,44 +92,94 @@ SHARED_SERVERS = {
 }
 
 
+START_AHEAD = 2  # a module's servers start in the background when the module this many before it begins
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_servers(request, tmp_path_factory):
-    """Starts, in the background as the session begins, the shared servers its collected tests use, so that their
-    start (~15 s each) overlaps the first tests on this machine's second core. Each has its
-    own BentoML home over the session's model store (home_sharing_models): BentoML empties
-    BENTOML_HOME/prometheus_multiproc_dir at every start, so a server started meanwhile in `bentoml_home` would
-    otherwise empty its /metrics."""
+    """The servers of the session (the shared ones above, each module's own `SERVE`, the fail-closed starts), each
+    started in the background when the module START_AHEAD before the first that uses it begins, so that its start
+    (~15 s of imports and loading) runs on this machine's second core while earlier tests run, and never more than
+    a few start at once. Each server has its own BentoML home over the session's model store
+    (home_sharing_models): BentoML empties BENTOML_HOME/prometheus_multiproc_dir at every start, so a server
+    started meanwhile in `bentoml_home` would otherwise empty its /metrics."""
     servers = SharedServers(request, tmp_path_factory)
-    for name in SHARED_SERVERS:
-        if any(name in item.fixturenames for item in request.session.items):
-            servers.start(name)
+    if servers.modules:
+        servers.start_ahead_of(servers.modules[0])
     yield servers
     servers.close()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def start_ahead(request, shared_servers):
+    shared_servers.start_ahead_of(request.module)
+
+
+@pytest.fixture(scope="module")
+def module_server(request, shared_servers):
+    """The module's own server, from its `SERVE` settings (bentoml_serve's keywords), started ahead of it and
+    stopped when the module ends: the testkit.server.BackgroundServe (its .process is `bentoml serve`)."""
+    name = request.module.__name__
+    server = shared_servers.start(name, request.module.SERVE)
+    server.ready()
+    yield server
+    shared_servers.stop(name)
+
+
 class SharedServers:
-    """The shared servers started so far; `ready(name)` starts one that was not (a test that asked for it late)."""
+    """The servers (and the fail-closed starts) started so far, by name. `start` is idempotent; a fixture that
+    asks for one not started ahead starts it then."""
 
     def __init__(self, request, tmp_path_factory):
-        self.request, self.tmp_path_factory, self.started = request, tmp_path_factory, {}
+        self.request, self.tmp_path_factory = request, tmp_path_factory
+        self.started: dict[str, BackgroundServe | Future] = {}
+        self.modules = list(dict.fromkeys(item.module for item in request.session.items))
+        self.uses = {module: set() for module in self.modules}
+        for item in request.session.items:
+            self.uses[item.module].update(item.fixturenames)
 
-    def start(self, name: str) -> None:
+    def start_ahead_of(self, module) -> None:
+        if module not in self.uses:  # a module none of whose tests were selected
+            return
+        at = self.modules.index(module)
+        for later in self.modules[at : at + 1 + START_AHEAD]:
+            for name in sorted(self.uses[later] & SHARED_SERVERS.keys()):
+                self.start(name)
+            if "module_server" in self.uses[later]:
+                self.start(later.__name__, later.SERVE)
+            if "fail_closed_starts" in self.uses[later]:
+                self.start_fail_closed()
+
+    def start(self, name: str, serve: dict | None = None) -> BackgroundServe:
         if name not in self.started:
             shared_home = self.request.getfixturevalue("bentoml_home")
             home = home_sharing_models(shared_home, self.tmp_path_factory.mktemp(name) / "home")
-            settings = dict(SHARED_SERVERS[name])
+            settings = dict(SHARED_SERVERS[name] if serve is None else serve)
             port = settings.pop("port", free_port())
             if port is None:
                 assert port_is_free(DEFAULT_PORT), f"{name} serves on port {DEFAULT_PORT}, which something else holds"
             self.started[name] = BackgroundServe(home.parent / "serve.log", home, port, **settings)
+        return self.started[name]
 
     def ready(self, name: str) -> tuple[str, Path]:
-        self.start(name)
-        return self.started[name].ready()
+        return self.start(name).ready()
+
+    def stop(self, name: str) -> None:
+        self.started.pop(name).close()
+
+    def start_fail_closed(self) -> Future:
+        if "fail_closed_starts" not in self.started:
+            starts = fail_closed_sets(self.tmp_path_factory, self.request.getfixturevalue("tiny_dir"))
+            home = self.request.getfixturevalue("bentoml_home")
+            self.started["fail_closed_starts"] = ThreadPoolExecutor(1).submit(never_ready_all, starts, home)
+        return self.started["fail_closed_starts"]
 
     def close(self) -> None:
-        for server in self.started.values():
-            server.close()
+        for started in self.started.values():
+            if isinstance(started, Future):
+                started.result()
+            else:
+                started.close()
 
 
 @pytest.fixture(scope="session")
@@ -162,10 +213,15 @@ def faults_server(shared_servers):
 
 
 @pytest.fixture(scope="session")
-def fail_closed_starts(tmp_path_factory, tiny_dir, bentoml_home):
-    """The two fail-closed starts, run at once (testkit.server.never_ready_all): {name: what its
-    `assert_never_ready` raised, or None}. Each server misses one model's weights and nothing else, so what its
-    log must name stays specific:
+def fail_closed_starts(shared_servers):
+    """The two fail-closed starts, run at once (testkit.server.never_ready_all) and ahead of their tests
+    (shared_servers): {name: what its `assert_never_ready` raised, or None}."""
+    return shared_servers.start_fail_closed().result()
+
+
+def fail_closed_sets(tmp_path_factory, tiny_dir) -> dict:
+    """never_ready_all's starts: each server misses one model's weights and nothing else, so what its log must name
+    stays specific:
     - "safety_checker": the picture checker's folder is absent (tests/test_safety.py);
     - "moderation": only the moderation model's `model.safetensors` is gone (tests/test_moderation.py)."""
     root = tmp_path_factory.mktemp("fail_closed")
@@ -176,11 +232,10 @@ def fail_closed_starts(tmp_path_factory, tiny_dir, bentoml_home):
     no_moderation = root / "models-without-the-moderator"
     shutil.copytree(tiny_dir, no_moderation)
     (no_moderation / moderation / "model.safetensors").unlink()
-    starts = {
+    return {
         "safety_checker": (no_checker, root / "checker.log", r"safety-checker|stable-diffusion-safety-checker", 120),
         "moderation": (no_moderation, root / "moderation.log", re.escape(moderation), 120),
     }
-    return never_ready_all(starts, bentoml_home)
 
 
 @pytest.fixture(scope="module")

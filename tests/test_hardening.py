@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from testkit.pictures import picture, png_file, png_from_b64
-from testkit.server import bentoml_serve, free_port, model_service_socket, model_worker, request_bytes
+from testkit.server import model_service_socket, model_worker, request_bytes
 
 API_KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -49,11 +49,12 @@ def good(**change):
     return {**body, **change}
 
 
+SERVE = LIMITS  # this module's server (tests/conftest.py, module_server)
+
+
 @pytest.fixture(scope="module")
-def hardened(tmp_path_factory, bentoml_home):
-    log = tmp_path_factory.mktemp("hardened") / "serve.log"
-    with bentoml_serve(log, bentoml_home, free_port(), **LIMITS) as (url, _):
-        yield url, log
+def hardened(module_server):
+    return module_server.ready()
 
 
 def post(url, body=None, headers=AUTH, **kw):

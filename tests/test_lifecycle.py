@@ -10,7 +10,6 @@ from __future__ import annotations
 import select
 import signal
 import socket
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,11 +20,11 @@ import requests
 from pipeline import PageRequest
 from pipeline.generator import HUNG_UP
 from testkit.pictures import picture, png_b64, png_from_b64
-from testkit.server import bentoml_serve, free_port, model_worker, request_bytes
+from testkit.server import model_worker, request_bytes
 
 HEADER_TIMEOUT_S = 3
 MAX_CONNECTIONS = 40
-SETTINGS = {
+SERVE = {  # this module's server (tests/conftest.py, module_server)
     "PICTUREBOOK_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
     "PICTUREBOOK_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
     "PICTUREBOOK_RETRY_AFTER_S": "7",
@@ -39,11 +38,9 @@ def page(seed=3, **change):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, bentoml_home):
-    log = tmp_path_factory.mktemp("lifecycle") / "serve.log"
-    started: list[subprocess.Popen] = []
-    with bentoml_serve(log, bentoml_home, free_port(), on_start=started.append, **SETTINGS) as (url, _):
-        yield url, log, started[0]
+def served(module_server):
+    """This module's server (tests/conftest.py, module_server): (url, log, the `bentoml serve` process)."""
+    return *module_server.ready(), module_server.process
 
 
 def post(url, body, timeout=120):

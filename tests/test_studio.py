@@ -22,7 +22,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from pypdf import PdfReader
 
 from testkit.pictures import picture, png_from_b64, psnr
-from testkit.server import REPO, bentoml_serve, free_port
+from testkit.server import REPO
 
 API_KEY = "studio-key-0123456789"
 KEY_HEADER = {"Authorization": f"Bearer {API_KEY}"}
@@ -43,16 +43,17 @@ TEXTS = [
 ]
 
 
+SERVE = {  # this module's server (tests/conftest.py, module_server)
+    "PICTUREBOOK_API_KEY": API_KEY,
+    "PICTUREBOOK_MAX_CONCURRENCY": "1",  # one held connection is enough to show an overload
+    "PICTUREBOOK_FAULT_OOM_PROMPT_MARKER": OOM_MARKER,
+}
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, bentoml_home):
-    log = tmp_path_factory.mktemp("studio") / "serve.log"
-    env = {
-        "PICTUREBOOK_API_KEY": API_KEY,
-        "PICTUREBOOK_MAX_CONCURRENCY": "1",  # one held connection is enough to show an overload
-        "PICTUREBOOK_FAULT_OOM_PROMPT_MARKER": OOM_MARKER,
-    }
-    with bentoml_serve(log, bentoml_home, free_port(), **env) as (url, _):
-        yield url
+def served(module_server):
+    url, _ = module_server.ready()
+    return url
 
 
 @pytest.fixture(scope="module")
