@@ -3,7 +3,8 @@
 Two tiny `bentoml serve` (one embedded, one with `PICTUREBOOK_REDIS_URL` on a Debian `redis-server` this starts on
 a loopback port, nothing saved), in alternating rounds so the machine's drift hits both alike: one book alone, then
 4 books at once, through `POST /books`. Reports the median wall time and pages per second of each, and what one
-finished book takes in Redis (`MEMORY USAGE` of its keys, against its PNG bytes).
+finished book takes in Redis (`MEMORY USAGE` of its keys, against its PNG bytes). The tiny set is built into a
+temporary model store first, or taken from one that holds it already (`--models-home`).
 """
 
 from __future__ import annotations
@@ -86,9 +87,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pages", type=int, default=PAGES, help="pages per book")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    parser.add_argument(
+        "--models-home",
+        type=Path,
+        help="a BentoML home whose model store already holds the tiny set, used as it is (default: build the set "
+        "into a temporary home first)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as home, RedisServer(Path(home) / "redis") as redis_server:
-        prepare_store(Path(home))
+        models_home = args.models_home or Path(home)
+        if args.models_home is None:
+            prepare_store(models_home)
         # A page's timeout well past what a loaded machine takes: this measures throughput, not the timeout.
         env = {"PICTUREBOOK_MAX_BOOKS": str(BOOKS_TOGETHER), "PICTUREBOOK_REQUEST_TIMEOUT_S": "900"}
         # Both start at once, each in a BentoML home of its own over one model store (a start empties its home's
@@ -97,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         servers = {
             store: BackgroundServe(
                 Path(home) / f"{store}.log",
-                home_sharing_models(Path(home), Path(home) / f"{store}-home"),
+                home_sharing_models(models_home, Path(home) / f"{store}-home"),
                 free_port(),
                 **env,
                 **extra,

@@ -378,14 +378,29 @@ def settled(url: str, quiet_s: float = 1.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory, bentoml_home, redis_server):
+def starting_replicas(tmp_path_factory, bentoml_home, redis_server):
+    """The two replicas on one Redis, starting on a thread of their own: (replicas, the start's future)."""
     folder = tmp_path_factory.mktemp("cluster")
     env = {**CLUSTER_ENV, "PICTUREBOOK_REDIS_URL": redis_server.url}
     replicas = [Replica(name, folder, bentoml_home, **env) for name in ("a", "b")]
-    start_all(replicas)
-    yield replicas
+    with ThreadPoolExecutor(1) as pool:
+        yield replicas, pool.submit(start_all, replicas)
     for replica in replicas:
         replica.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def replicas_start_as_the_module_begins(request):
+    """When this run has cluster tests, the replicas start (~20 s) while the embedded tests before them run."""
+    if any("replicas" in item.fixturenames for item in request.session.items if item.module is request.module):
+        request.getfixturevalue("starting_replicas")
+
+
+@pytest.fixture(scope="module")
+def replicas(starting_replicas):
+    replicas, started = starting_replicas
+    started.result()
+    return replicas
 
 
 @pytest.fixture
@@ -566,13 +581,14 @@ def test_a_store_says_it_is_full_before_a_book_is_read_and_reserves_atomically(k
     asyncio.run(check())
 
 
-# -- the benchmark, at its fastest: one round of one-page books ------------------------------------------------------
+# -- the benchmark --------------------------------------------------------------------------------------------------
 
 
-def test_the_books_benchmark_compares_the_embedded_store_and_redis(tmp_path):
+def test_the_books_benchmark_compares_the_embedded_store_and_redis(tmp_path, bentoml_home):
+    """At its fastest: one round of one-page books, its servers over the session's model store."""
     from bench.books import main
 
-    result = main(["--rounds", "1", "--pages", "1", "--out", str(tmp_path)])
+    result = main(["--rounds", "1", "--pages", "1", "--out", str(tmp_path), "--models-home", str(bentoml_home)])
     assert json.loads((tmp_path / "books.json").read_text()) == result
     for name in ("embedded_alone", "embedded_together", "redis_alone", "redis_together"):
         assert result[name]["pages_per_s"] > 0, name
