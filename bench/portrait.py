@@ -67,11 +67,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.portrait", description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    parser.add_argument("--url", help="measure a server already running here instead of starting one")
+    parser.add_argument("--no-warm-up", dest="warm_up", action="store_false", help="skip the warm-up round")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as home:
-        prepare_store(Path(home))
-        with bentoml_serve(Path(home) / "serve.log", Path(home), free_port()) as (url, _):
-            result = measure(url, args.rounds)
+    if args.url:
+        result = measure(args.url, args.rounds, args.warm_up)
+    else:
+        with tempfile.TemporaryDirectory() as home:
+            prepare_store(Path(home))
+            with bentoml_serve(Path(home) / "serve.log", Path(home), free_port()) as (url, _):
+                result = measure(url, args.rounds, args.warm_up)
     write_and_show(result, args.out, "portrait.json")
     return result
 

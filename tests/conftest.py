@@ -1,12 +1,12 @@
 import os
 
-# torch's OpenMP threads (libgomp) spin for 300,000 rounds before they sleep, by default. The suite runs several torch
-# processes on two cores at once (this one, servers drawing), and there the spinning takes the cores from the process
-# doing the work. Six tiny pages, measured side by side: alone 3.25 s by default, 3.86 s at 10,000 rounds, 4.97 s
-# never spinning (OMP_WAIT_POLICY=PASSIVE); three processes at once 70.6 s wall (135.7 s of CPU) by default, 37.9 s
-# (71.6 s) at 10,000 rounds, 36.4 s (68.1 s) never spinning. Set before torch loads libgomp, and inherited by every
-# server and child process the tests start (testkit.server.server_env).
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+# torch's OpenMP threads spin while they wait, by default. The suite runs several torch processes on two cores at once
+# (this one, servers drawing or starting, Chromium beside them), and there the spinning takes the cores from the process
+# doing the work. Six tiny pages in each of three processes at once: 70.6 s wall (135.7 s of CPU) by default, 37.9 s
+# (71.6 s) spinning 10,000 rounds, 36.4 s (68.1 s) never spinning. Whole suites (other changes between some of them):
+# 874 s spinning by default, 929 s at 10,000 rounds (the browser tests 2-4x slower), 819 s never spinning. Set before
+# torch loads OpenMP, and inherited by every server and child process the tests start (testkit.server.server_env).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import re
 import shutil

@@ -102,3 +102,12 @@ def test_bad_regions_fail_alone_naming_the_field(generator, regions, message):
     assert bad.error.kind == "invalid" and bad.error.message.startswith("regions:")
     assert message.split()[0] in bad.error.message
     assert good.ok
+
+
+def test_the_mixed_characters_benchmark_measures_both_ways(generator):
+    """`python -m bench.mixed_characters` (docs/PERFORMANCE.md) at its smallest, on the session's tiny set."""
+    from bench.mixed_characters import measure
+
+    result = measure(generator, rounds=1)
+    assert result["one_call"]["pages_per_s"] > 0 and result["one_call_per_count"]["pages_per_s"] > 0
+    assert result["ratio_one_call_vs_per_count"] > 0

@@ -374,10 +374,12 @@ def test_the_readme_character_examples_run_as_written(served, tmp_path, language
     assert psnr(Image.open(tmp_path / "page1.png"), png_from_b64(expected.json()["img"])) >= 60
 
 
-def test_the_portrait_benchmark_measures_a_round(served):
-    from bench.portrait import measure
+def test_the_portrait_benchmark_measures_a_round(served, tmp_path):
+    """`python -m bench.portrait` (docs/PERFORMANCE.md) at its smallest, against this module's server."""
+    from bench.portrait import main
 
-    result = measure(served, rounds=1, warm_up=False)
+    result = main(["--url", served, "--rounds", "1", "--no-warm-up", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "portrait.json").read_text()) == result
     assert set(result["medians"]) >= {"portrait_ms", "first_page_ms", "page_with_portrait_ms"}
     assert result["medians"]["portrait_diffusion_ms"] > 0
 
