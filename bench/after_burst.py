@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import requests
 
 from bench.common import median, progress
-from bench.served import prepare_store
+from bench.served import server_to_measure
 from bench.workload import payload
-from testkit.server import bentoml_serve, free_port
 
 
 def lone_requests(url: str, count: int, first: int) -> list[float]:
@@ -97,13 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     env = dict(item.split("=", 1) for item in args.env)
     timing = (args.clients, args.burst_s, args.singles, args.training)
 
-    if args.url:
-        result = {"url": args.url, **measure(args.url, *timing)}
-    else:
-        with tempfile.TemporaryDirectory() as home:
-            prepare_store(Path(home))
-            with bentoml_serve(Path(home) / "serve.log", Path(home), free_port(), **env) as (url, _):
-                result = {"env": env, **measure(url, *timing)}
+    with server_to_measure(args.url, **env) as url:
+        result = {**({"url": url} if args.url else {"env": env}), **measure(url, *timing)}
     print(json.dumps(result, indent=1))
     return result
 

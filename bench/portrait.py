@@ -9,15 +9,13 @@ that portrait as its character. Reports the median wall time of each and the mod
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import requests
 
 from bench.common import median, progress, rounded, write_and_show
-from bench.served import prepare_store
-from testkit.server import bentoml_serve, free_port
+from bench.served import server_to_measure
 
 DESCRIPTIONS = [
     "a small red fox with a blue scarf",
@@ -70,13 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--url", help="measure a server already running here instead of starting one")
     parser.add_argument("--no-warm-up", dest="warm_up", action="store_false", help="skip the warm-up round")
     args = parser.parse_args(argv)
-    if args.url:
-        result = measure(args.url, args.rounds, args.warm_up)
-    else:
-        with tempfile.TemporaryDirectory() as home:
-            prepare_store(Path(home))
-            with bentoml_serve(Path(home) / "serve.log", Path(home), free_port()) as (url, _):
-                result = measure(url, args.rounds, args.warm_up)
+    with server_to_measure(args.url) as url:
+        result = measure(url, args.rounds, args.warm_up)
     write_and_show(result, args.out, "portrait.json")
     return result
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -32,6 +33,19 @@ def prepare_store(bentoml_home: Path) -> None:
     )
     if run.returncode != 0:
         raise RuntimeError(f"python -m serving.bento_models import failed ({run.returncode}): {run.stderr[-2000:]}")
+
+
+@contextmanager
+def server_to_measure(url: str | None, **env: str):
+    """Yield the base URL a benchmark measures: `url` as given (a server already running), or that of a tiny
+    `bentoml serve` with `env`, started in a temporary home whose store gets the tiny set first, and stopped after."""
+    if url:
+        yield url
+        return
+    with tempfile.TemporaryDirectory() as home:
+        prepare_store(Path(home))
+        with bentoml_serve(Path(home) / "serve.log", Path(home), free_port(), **env) as (started, _):
+            yield started
 
 
 class PeakRss(threading.Thread):

@@ -2,7 +2,6 @@ import re
 import shutil
 import subprocess
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -127,12 +126,12 @@ def module_server(request, shared_servers):
 
 
 class SharedServers:
-    """The servers (and the fail-closed starts) started so far, by name. `start` is idempotent; a fixture that
-    asks for one not started ahead starts it then."""
+    """The servers started so far, by name, and which fixtures each collected module uses. `start` is idempotent;
+    a fixture that asks for one not started ahead starts it then."""
 
     def __init__(self, request, tmp_path_factory):
         self.request, self.tmp_path_factory = request, tmp_path_factory
-        self.started: dict[str, BackgroundServe | Future] = {}
+        self.started: dict[str, BackgroundServe] = {}
         self.modules = list(dict.fromkeys(item.module for item in request.session.items))
         self.uses = {module: set() for module in self.modules}
         for item in request.session.items:
@@ -165,19 +164,9 @@ class SharedServers:
     def stop(self, name: str) -> None:
         self.started.pop(name).close()
 
-    def start_fail_closed(self) -> Future:
-        if "fail_closed_starts" not in self.started:
-            starts = fail_closed_sets(self.tmp_path_factory, self.request.getfixturevalue("tiny_dir"))
-            home = self.request.getfixturevalue("bentoml_home")
-            self.started["fail_closed_starts"] = ThreadPoolExecutor(1).submit(never_ready_all, starts, home)
-        return self.started["fail_closed_starts"]
-
     def close(self) -> None:
-        for started in self.started.values():
-            if isinstance(started, Future):
-                started.result()
-            else:
-                started.close()
+        for server in self.started.values():
+            server.close()
 
 
 @pytest.fixture(scope="session")
@@ -211,11 +200,11 @@ def faults_server(shared_servers):
 
 
 @pytest.fixture(scope="session")
-def fail_closed_starts(shared_servers):
+def fail_closed_starts(tmp_path_factory, tiny_dir, bentoml_home):
     """The two fail-closed starts, run at once (testkit.server.never_ready_all) when the first test asks:
-    {name: what its `assert_never_ready` raised, or None}. Not started ahead: two failing starts at once load both
-    cores for ~30 s, which pushed test_locust's p95 gate past its bound when they ran beside it."""
-    return shared_servers.start_fail_closed().result()
+    {name: what its `assert_never_ready` raised, or None}. Not started ahead (shared_servers): two failing starts
+    at once load both cores for ~30 s, which pushed test_locust's p95 gate past its bound when they ran beside it."""
+    return never_ready_all(fail_closed_sets(tmp_path_factory, tiny_dir), bentoml_home)
 
 
 def fail_closed_sets(tmp_path_factory, tiny_dir) -> dict:

@@ -390,9 +390,9 @@ def starting_replicas(tmp_path_factory, bentoml_home, redis_server):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def replicas_start_as_the_module_begins(request):
+def replicas_start_as_the_module_begins(request, shared_servers):
     """When this run has cluster tests, the replicas start (~20 s) while the embedded tests before them run."""
-    if any("replicas" in item.fixturenames for item in request.session.items if item.module is request.module):
+    if "replicas" in shared_servers.uses[request.module]:
         request.getfixturevalue("starting_replicas")
 
 
