@@ -177,14 +177,21 @@ def test_a_bad_and_a_refused_book_name_the_field_the_same_way(served):
 
 def test_two_books_share_diffusion_calls(served):
     """Pages of different books go through the one batcher. On a CPU a batch costs as much as its pages one by one,
-    so BentoML's batcher rightly does not wait for company when the model is free: hold the model busy with a long
-    page, so both books' first pages queue together and are drawn in one call."""
+    so the batcher waits for company only briefly when the model is free: both books' first pages must reach it
+    while a page is drawing. Every text is read by the moderation model first, on the model's one torch thread,
+    behind any page drawing, so the order is made, not hoped for: a long page draws (`first`); a second page's
+    moderation waits behind it, holding the moderation batcher (`second`); both books' texts queue there and are
+    read in one call, which the batcher dispatches as soon as `second`'s moderation returns, before `second`'s draw
+    (a round trip through the front) reaches the model; so `second` draws while both books' first pages queue."""
     pages = [{"text": f"page {i}", "seed": i} for i in range(3)]
-    with ThreadPoolExecutor(3) as pool:
-        busy = pool.submit(requests.post, f"{served}/generate", json={"prompt": "busy", "steps": 40}, timeout=120)
-        time.sleep(1.0)
+    long_page = {"prompt": "a long page", "steps": 40}
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(requests.post, f"{served}/generate", json=long_page, timeout=120)
+        time.sleep(1.0)  # `first` is drawing
+        second = pool.submit(requests.post, f"{served}/generate", json={**long_page, "steps": 20}, timeout=120)
+        time.sleep(0.5)  # `second`'s moderation is on the torch thread's queue
         submitted = list(pool.map(lambda n: submit(served, book(pages=pages, title=f"book {n}")), range(2)))
-        assert busy.result().status_code == 200
+        assert first.result().status_code == 200 and second.result().status_code == 200
     results = [wait_for(served, answer.json()["task_id"]) for answer in submitted]
     assert all(r["status"] == "completed" for r in results)
     assert [r["pages"][0]["batch_size"] for r in results] == [2, 2]
