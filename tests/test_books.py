@@ -176,22 +176,25 @@ def test_a_bad_and_a_refused_book_name_the_field_the_same_way(served):
 
 
 def test_two_books_share_diffusion_calls(served):
-    """Pages of different books go through the one batcher. On a CPU a batch costs as much as its pages one by one,
-    so the batcher waits for company only briefly when the model is free: both books' first pages must reach it
-    while a page is drawing. Every text is read by the moderation model first, on the model's one torch thread,
-    behind any page drawing, so the order is made, not hoped for: a long page draws (`first`); a second page's
-    moderation waits behind it, holding the moderation batcher (`second`); both books' texts queue there and are
-    read in one call, which the batcher dispatches as soon as `second`'s moderation returns, before `second`'s draw
-    (a round trip through the front) reaches the model; so `second` draws while both books' first pages queue."""
+    """Pages of different books go through the one batcher. On a CPU a batch costs what its pages cost one by one,
+    so the batcher rightly sends a page on at once when the model is free: two books' first pages share a call only
+    if they reach the model while another page is drawing. Their texts are read first, by the moderation model on
+    the model's one torch thread, behind any page being drawn; so the order is set by three long pages, each step
+    a whole page apart: `first` and `second` are posted together (one draws, the other's draw waits); `third`'s
+    moderation then holds the moderation batcher, so both books' texts queue there and are read in one call while
+    `second` draws; `third`'s draw waits behind `second`, and is drawing when both books' first pages arrive."""
     pages = [{"text": f"page {i}", "seed": i} for i in range(3)]
-    long_page = {"prompt": "a long page", "steps": 40}
-    with ThreadPoolExecutor(4) as pool:
-        first = pool.submit(requests.post, f"{served}/generate", json=long_page, timeout=120)
-        time.sleep(1.0)  # `first` is drawing
-        second = pool.submit(requests.post, f"{served}/generate", json={**long_page, "steps": 20}, timeout=120)
-        time.sleep(0.5)  # `second`'s moderation is on the torch thread's queue
+
+    def draw(steps):
+        return requests.post(f"{served}/generate", json={"prompt": "a long page", "steps": steps}, timeout=120)
+
+    with ThreadPoolExecutor(5) as pool:
+        long_pages = [pool.submit(draw, 30), pool.submit(draw, 30)]
+        time.sleep(0.5)  # one of them is drawing
+        long_pages.append(pool.submit(draw, 10))
+        time.sleep(0.5)  # its moderation waits behind that page
         submitted = list(pool.map(lambda n: submit(served, book(pages=pages, title=f"book {n}")), range(2)))
-        assert first.result().status_code == 200 and second.result().status_code == 200
+        assert [page.result().status_code for page in long_pages] == [200] * 3
     results = [wait_for(served, answer.json()["task_id"]) for answer in submitted]
     assert all(r["status"] == "completed" for r in results)
     assert [r["pages"][0]["batch_size"] for r in results] == [2, 2]
