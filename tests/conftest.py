@@ -1,3 +1,10 @@
+import os
+
+# One OpenMP thread in every torch process of the session (this one, each server, each benchmark child): on two
+# cores a second thread gains 1.2-1.5x on a lone tiny page, but a team whose threads spin on a core that a server's
+# start or another process is using loses far more (docs/DESIGN.md, "Tests: what the suite's time goes to").
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import re
 import shutil
 import subprocess
