@@ -16,6 +16,7 @@ import pytest
 from pipeline import ModelPaths, ModelSettings, Profile, load_page_generator
 from pipeline.sources import MODEL_REPOS
 from pipeline.tiny import build_tiny_models
+from testkit.lanes import LaneScheduling, lane_of
 from testkit.server import (
     REPO,
     BackgroundServe,
@@ -101,6 +102,27 @@ SHARED_SERVERS = {
 START_AHEAD = 2  # a module's servers start in the background when the module this many before it begins
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """The suite's two lanes of modules, one per xdist worker (testkit/lanes.py)."""
+    return LaneScheduling(config, log)
+
+
+def lane(module) -> str:
+    return lane_of(module.__name__)
+
+
+# Started by one lane only: port 8000 has room for one server, and the others would be started twice.
+ONE_LANE = ("open_server", "faults_server", "fail_closed_starts")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A module added to the wrong lane fails the collection, naming the fixture and where it is used."""
+    for fixture in ONE_LANE:
+        users = {item.module.__name__ for item in items if fixture in item.fixturenames}
+        if len({lane_of(name) for name in users}) > 1:
+            raise pytest.UsageError(f"{fixture} is used in both lanes ({sorted(users)}): see testkit/lanes.py")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_servers(request, tmp_path_factory):
     """The servers of the session (the shared ones above, each module's own `SERVE`), each started in the
@@ -110,8 +132,6 @@ def shared_servers(request, tmp_path_factory):
     (home_sharing_models): BentoML empties BENTOML_HOME/prometheus_multiproc_dir at every start, so a server
     started meanwhile in `bentoml_home` would otherwise empty its /metrics."""
     servers = SharedServers(request, tmp_path_factory)
-    if servers.modules:
-        servers.start_ahead_of(servers.modules[0])
     yield servers
     servers.close()
 
@@ -133,19 +153,36 @@ def module_server(request, shared_servers):
 
 
 class SharedServers:
-    """The servers started so far, by name, and which fixtures each collected module uses. `start` is idempotent;
-    a fixture that asks for one not started ahead starts it then."""
+    """The servers started so far, by name, and which fixtures each module of this process uses. `start` is
+    idempotent; a fixture that asks for one not started ahead starts it then. Under xdist every worker collects
+    every test but runs one lane, learnt when its first module begins; without xdist one process runs both."""
 
     def __init__(self, request, tmp_path_factory):
         self.request, self.tmp_path_factory = request, tmp_path_factory
         self.started: dict[str, BackgroundServe] = {}
-        self.modules = list(dict.fromkeys(item.module for item in request.session.items))
+        self.items = request.session.items
+        self.modules: list | None = None  # this process's modules in their order, once known
+        self.uses: dict = {}
+        if not hasattr(request.config, "workerinput"):
+            self._runs(None)
+
+    def _runs(self, only_lane: str | None) -> None:
+        items = [item for item in self.items if only_lane is None or lane(item.module) == only_lane]
+        self.modules = list(dict.fromkeys(item.module for item in items))
         self.uses = {module: set() for module in self.modules}
-        for item in request.session.items:
+        for item in items:
             self.uses[item.module].update(item.fixturenames)
+        if self.modules:
+            self.start_ahead_of(self.modules[0])
+
+    def uses_of(self, module) -> set[str]:
+        """The fixtures `module`'s tests use (none when none of its tests run here)."""
+        if self.modules is None:  # a worker's first module
+            self._runs(lane(module))
+        return self.uses.get(module, set())
 
     def start_ahead_of(self, module) -> None:
-        if module not in self.uses:  # a module none of whose tests were selected
+        if not self.uses_of(module):  # a module none of whose tests were selected
             return
         at = self.modules.index(module)
         for later in self.modules[at : at + 1 + START_AHEAD]:

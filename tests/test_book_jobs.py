@@ -392,7 +392,7 @@ def starting_replicas(tmp_path_factory, bentoml_home, redis_server):
 @pytest.fixture(scope="module", autouse=True)
 def replicas_start_as_the_module_begins(request, shared_servers):
     """When this run has cluster tests, the replicas start (~20 s) while the embedded tests before them run."""
-    if "replicas" in shared_servers.uses[request.module]:
+    if "replicas" in shared_servers.uses_of(request.module):
         request.getfixturevalue("starting_replicas")
 
 
