@@ -15,7 +15,15 @@ from pathlib import PurePosixPath
 
 from xdist.scheduler import LoadScopeScheduling
 
-LANE_B = {"test_book_jobs", "test_fullsize", "test_hardening", "test_lifecycle", "test_locust", "test_studio"}
+LANE_B = {
+    "test_book_jobs",
+    "test_fullsize",
+    "test_hardening",
+    "test_lifecycle",
+    "test_locust",
+    "test_regions",
+    "test_studio",
+}
 
 
 def lane_of(module_name: str) -> str:
