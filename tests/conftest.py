@@ -247,7 +247,7 @@ def faults_server(shared_servers):
 def fail_closed_starts(tmp_path_factory, tiny_dir, bentoml_home):
     """The two fail-closed starts, run at once (testkit.server.never_ready_all) when the first test asks:
     {name: what its `assert_never_ready` raised, or None}. Not started ahead (shared_servers): two failing starts
-    at once load both cores for ~30 s, which pushed test_locust's p95 gate past its bound when they ran beside it."""
+    at once load both cores for ~30 s, which must not land beside a timed test (docs/DESIGN.md)."""
     return never_ready_all(fail_closed_sets(tmp_path_factory, tiny_dir), bentoml_home)
 
 
